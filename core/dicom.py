@@ -1,0 +1,116 @@
+"""DICOM uploads: pixel data to an 8-bit grayscale image, and the few header fields worth showing.
+
+Applies the modality LUT (rescale slope/intercept), then the VOI LUT or window, inverts
+MONOCHROME1, and takes the first frame of a multi-frame file. Patient identifiers are never
+read out, logged or returned.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+__all__ = ["decode_dicom", "dicom_summary", "is_dicom"]
+
+
+def is_dicom(data: bytes) -> bool:
+    """Whether bytes carry the DICOM preamble marker ``DICM`` at offset 128."""
+    return len(data) > 132 and data[128:132] == b"DICM"
+
+
+def _read(data: bytes, filename: str | None):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from core.preprocessing import ImageDecodeError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data))
+    except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, AttributeError, TypeError) as exc:
+        raise ImageDecodeError(f"{_name(filename)} is a damaged DICOM file and cannot be read ({type(exc).__name__}).") from None
+
+
+def _name(filename: str | None) -> str:
+    return f"'{filename}'" if filename else "This DICOM file"
+
+
+def _first(value) -> float | None:
+    """First number of a possibly multi-valued DICOM attribute."""
+    if value is None:
+        return None
+    try:
+        return float(value[0]) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else float(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def _to_unit(arr: np.ndarray, center: float | None = None, width: float | None = None) -> np.ndarray:
+    """Map to [0, 1]: DICOM's linear window (PS3.3 C.11.2.1.2) when given, else min-max."""
+    if center is not None and width is not None and width >= 1:
+        return np.clip((arr - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    lo, hi = float(arr.min()), float(arr.max())
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
+def decode_dicom(data: bytes, filename: str | None = None) -> np.ndarray:
+    """Decode a DICOM file to a 2-D uint8 grayscale array.
+
+    Raises:
+        ImageDecodeError: No pixel data, an unreadable compression, or a damaged file.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    from core.preprocessing import ImageDecodeError
+
+    ds = _read(data, filename)
+    name = _name(filename)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ImageDecodeError(f"{name} has no image in it (a DICOM header without pixel data).")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises several types for missing decoders
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        label = getattr(syntax, "name", str(syntax)) if syntax else "unknown"
+        raise ImageDecodeError(
+            f"{name} uses a compression ({label}) that cannot be decoded here. "
+            "Export it uncompressed or as PNG and upload again."
+        ) from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    colour = int(ds.get("SamplesPerPixel", 1)) > 1
+    if frames > 1:
+        arr = arr[0]
+    if colour:
+        from PIL import Image
+
+        rgb = arr if photometric == "RGB" else _to_rgb(arr, ds)
+        rgb = np.asarray(rgb, np.float64)
+        rgb = (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-9) * 255
+        return np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("L"))
+    arr = apply_modality_lut(arr, ds).astype(np.float64)
+    if "VOILUTSequence" in ds:
+        unit = _to_unit(apply_voi_lut(arr, ds).astype(np.float64))
+    else:
+        unit = _to_unit(arr, _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth")))
+    if photometric == "MONOCHROME1":
+        unit = 1.0 - unit
+    return np.round(unit * 255).astype(np.uint8)
+
+
+def _to_rgb(arr, ds):
+    from pydicom.pixels import convert_color_space
+
+    return convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
+
+
+def dicom_summary(data: bytes) -> dict:
+    """Only what helps reading: modality, view position, image size, frames. No identifiers."""
+    ds = _read(data, None)
+    return {
+        "modality": str(ds.get("Modality", "unknown")),
+        "view position": str(ds.get("ViewPosition", "") or "not stated"),
+        "size": f"{ds.get('Columns', '?')} × {ds.get('Rows', '?')} px",
+        "frames": int(ds.get("NumberOfFrames", 1) or 1),
+        "bits stored": int(ds.get("BitsStored", 0) or 0),
+    }

@@ -1,0 +1,129 @@
+"""Grad-CAM in small pure steps, with one compiled call for probability and map together.
+
+For a single sigmoid output the PNEUMONIA map uses the gradient of the logit, and the
+NORMAL map the same gradient with its sign flipped. :class:`GradCam` returns the
+*signed* map ``sum_k alpha_k A_k`` once; :func:`class_map` then takes the positive part
+for either class, so both explanations cost one forward pass.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from PIL import Image
+
+__all__ = [
+    "GradCam",
+    "class_map",
+    "upsample",
+    "normalise",
+    "colourise",
+    "overlay",
+    "reference_gradcam",
+]
+
+
+class GradCam:
+    """Probability and signed Grad-CAM map of a model in one compiled call.
+
+    Args:
+        model: A model ending in layers ``logit`` -> ``prediction`` (see :mod:`core.models`).
+        layer_name: The convolutional layer to explain (the card's ``gradcam_layer``).
+
+    Call it with a float32 batch ``(N, H, W, C)``; it returns ``(prob (N,), signed (N, h, w))``.
+    The input signature is fixed (any batch size), so new uploads never retrace.
+    """
+
+    def __init__(self, model: keras.Model, layer_name: str):
+        self.layer_name = layer_name
+        self._model = keras.Model(
+            model.inputs, [model.get_layer(layer_name).output, model.get_layer("logit").output]
+        )
+        shape = tuple(model.inputs[0].shape[1:])
+        backend = keras.backend.backend()
+        if backend != "tensorflow":
+            raise NotImplementedError(f"Grad-CAM serving is implemented for the TensorFlow backend, not {backend}.")
+        import tensorflow as tf
+
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], jit_compile=False)
+        def run(x):
+            with tf.GradientTape() as tape:
+                features, logit = self._model(x, training=False)
+            grads = tape.gradient(logit, features)  # d logit_i / d A_i (samples independent)
+            alpha = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+            signed = tf.reduce_sum(alpha * features, axis=-1)
+            return tf.sigmoid(logit[:, 0]), signed
+
+        self._run = run
+        self._shape = shape
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim == len(self._shape):
+            x = x[None]
+        prob, signed = self._run(x)
+        return prob.numpy().astype(np.float64), signed.numpy()
+
+    def warm_up(self) -> None:
+        self(np.zeros((1, *self._shape), np.float32))
+
+
+def class_map(signed: np.ndarray, target: str = "PNEUMONIA") -> np.ndarray:
+    """Grad-CAM of one class from the signed map: ReLU of it (PNEUMONIA) or of its negative."""
+    if target not in ("PNEUMONIA", "NORMAL"):
+        raise ValueError(f"Unknown class {target!r}. Use 'PNEUMONIA' or 'NORMAL'.")
+    return np.maximum(signed if target == "PNEUMONIA" else -signed, 0.0)
+
+
+def normalise(cam: np.ndarray) -> np.ndarray:
+    """Scale a non-negative map to [0, 1] by its maximum (all zeros stays zeros)."""
+    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    peak = float(cam.max()) if cam.size else 0.0
+    return cam / peak if peak > 0 else np.zeros_like(cam)
+
+
+def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a 2-D map to ``size`` = (H, W)."""
+    return np.asarray(Image.fromarray(np.asarray(cam, np.float32), mode="F").resize((size[1], size[0]), Image.BILINEAR))
+
+
+def colourise(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """A [0, 1] map to an RGB uint8 image with a matplotlib colormap."""
+    from matplotlib import colormaps
+
+    rgba = colormaps[colormap](np.clip(heat, 0, 1))
+    return (rgba[..., :3] * 255).astype(np.uint8)
+
+
+def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:
+    """Blend a [0, 1] heatmap over a uint8 grayscale image of the same size (RGB uint8)."""
+    if gray.shape != heat.shape:
+        heat = upsample(heat, gray.shape)
+    base = np.repeat(np.asarray(gray, np.float32)[..., None], 3, axis=-1)
+    blended = (1 - alpha) * base + alpha * colourise(heat, colormap).astype(np.float32)
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def reference_gradcam(model, img_array, last_conv_layer_name, pred_index=None):
+    """keras.io's Grad-CAM tutorial recipe, as written there (TensorFlow, eager).
+
+    Kept as the reference the fast path is tested and benchmarked against; the caller
+    first runs ``model.predict`` as the tutorial does.
+    """
+    import tensorflow as tf
+
+    grad_model = keras.models.Model(
+        model.inputs, [model.get_layer(last_conv_layer_name).output, model.output]
+    )
+    with tf.GradientTape() as tape:
+        last_conv_layer_output, preds = grad_model(img_array)
+        if pred_index is None:
+            pred_index = tf.argmax(preds[0])
+        class_channel = preds[:, pred_index]
+    grads = tape.gradient(class_channel, last_conv_layer_output)
+    pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
+    last_conv_layer_output = last_conv_layer_output[0]
+    heatmap = last_conv_layer_output @ pooled_grads[..., tf.newaxis]
+    heatmap = tf.squeeze(heatmap)
+    heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
+    return heatmap.numpy()

@@ -1,0 +1,135 @@
+"""Model builders: baseline CNN, transfer (frozen backbone) and fine-tuned.
+
+Every model maps a normalised image to P(pneumonia) and shares the head
+``avg_pool -> head_dropout -> logit -> prediction`` so Grad-CAM finds its layers by name.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from core.backbones import BACKBONES, build_backbone
+from core.preprocessing import InputSpec
+
+__all__ = [
+    "GRADCAM_LAYERS",
+    "baseline",
+    "transfer",
+    "finetuned",
+    "build_model",
+    "augmentation",
+    "set_trainable_top",
+    "input_spec_for",
+]
+
+GRADCAM_LAYERS = {"baseline": "last_conv", **{k: v["gradcam_layer"] for k, v in BACKBONES.items()}}
+
+
+def _head(features, dropout: float, name: str, inputs) -> keras.Model:
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(1, name="logit")(x)
+    out = layers.Activation("sigmoid", name="prediction", dtype="float32")(x)
+    return keras.Model(inputs, out, name=name)
+
+
+def baseline(input_size=(224, 224), dropout: float = 0.5) -> keras.Model:
+    """A small Conv2D + MaxPooling CNN on one grayscale channel, trained from scratch.
+
+    Args:
+        input_size: ``(H, W)``.
+        dropout: Dropout rate before the output layer.
+
+    Returns:
+        Model with last convolution ``last_conv`` and output ``prediction``.
+    """
+    inputs = keras.Input((*input_size, 1), name="image")
+    x = inputs
+    for i, filters in enumerate((16, 32, 64, 96)):
+        x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{i + 1}")(x)
+        x = layers.MaxPooling2D(2, name=f"pool{i + 1}")(x)
+    x = layers.Conv2D(128, 3, padding="same", activation="relu", name="last_conv")(x)
+    return _head(x, dropout, "baseline", inputs)
+
+
+def transfer(backbone: str = "efficientnet_lite0", input_size=(224, 224), dropout: float = 0.5,
+             weights: str | None = "imagenet") -> keras.Model:
+    """ImageNet backbone, frozen, with a new sigmoid head.
+
+    Args:
+        backbone: A name from :data:`core.backbones.BACKBONES`.
+        input_size: ``(H, W)``.
+        dropout: Dropout rate of the head.
+        weights: ``"imagenet"`` or ``None`` (random, for tests).
+    """
+    base = build_backbone(backbone, (*input_size, 3), weights=weights)
+    base.trainable = False
+    model = _head(base.output, dropout, "transfer", base.input)
+    for layer in model.layers:
+        layer.trainable = layer.name in ("logit",)
+    return model
+
+
+def finetuned(backbone: str = "efficientnet_lite0", input_size=(224, 224), dropout: float = 0.5,
+              weights: str | None = "imagenet", trainable_top_layers: int = 41) -> keras.Model:
+    """Backbone with its top ``trainable_top_layers`` layers trainable, plus the head.
+
+    BatchNormalization layers stay frozen (inference mode), as is usual when fine-tuning
+    on a small data set.
+    """
+    model = transfer(backbone, input_size, dropout, weights)
+    model.name = "finetuned"
+    set_trainable_top(model, trainable_top_layers)
+    return model
+
+
+def set_trainable_top(model: keras.Model, n: int) -> list[str]:
+    """Make the last ``n`` backbone layers (and the head) trainable; return their names.
+
+    Backbone layers are those before ``avg_pool``; the input layer is not counted.
+    """
+    names = [layer.name for layer in model.layers]
+    body = model.layers[1 : names.index("avg_pool")]
+    top = body[len(body) - n :] if n > 0 else []
+    chosen = {layer.name for layer in top}
+    for layer in model.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
+        elif layer.name in ("avg_pool", "head_dropout", "logit", "prediction"):
+            layer.trainable = True
+        else:
+            layer.trainable = layer.name in chosen
+    return [layer.name for layer in top]
+
+
+def input_spec_for(kind: str, backbone: str | None, input_size=(224, 224)) -> InputSpec:
+    """The preprocessing a model of this kind and backbone expects."""
+    if kind == "baseline":
+        return InputSpec(size=tuple(input_size), channels=1, mean=0.0, std=255.0)
+    return InputSpec(size=tuple(input_size), **BACKBONES[backbone]["preprocessing"])
+
+
+def build_model(kind: str, backbone: str | None = "efficientnet_lite0", input_size=(224, 224),
+                dropout: float = 0.5, weights: str | None = "imagenet", trainable_top_layers: int = 41):
+    """Build any of the three kinds by name."""
+    if kind == "baseline":
+        return baseline(input_size, dropout)
+    if kind == "transfer":
+        return transfer(backbone, input_size, dropout, weights)
+    if kind == "finetuned":
+        return finetuned(backbone, input_size, dropout, weights, trainable_top_layers)
+    raise ValueError(f"Unknown model kind {kind!r}. Available: baseline, transfer, finetuned")
+
+
+def augmentation(spec: InputSpec, rotation_deg=10.0, shift=0.1, zoom=0.1, brightness=0.1, seed=42):
+    """Training-time augmentation as Keras preprocessing layers (identity at inference)."""
+    return keras.Sequential(
+        [
+            layers.RandomRotation(rotation_deg / 360.0, fill_mode="constant", fill_value=spec.value_range[0], seed=seed),
+            layers.RandomTranslation(shift, shift, fill_mode="constant", fill_value=spec.value_range[0], seed=seed),
+            layers.RandomZoom(zoom, fill_mode="constant", fill_value=spec.value_range[0], seed=seed),
+            layers.RandomBrightness(brightness, value_range=spec.value_range, seed=seed),
+        ],
+        name="augmentation",
+    )

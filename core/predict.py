@@ -1,0 +1,96 @@
+"""``python -m core.predict [--model NAME|all] [--json] [--heatmap-dir DIR] FILE [FILE ...]``
+
+Scores X-ray files with the shipped models. With ``--json``: one JSON object per line,
+``{"file", "model", "probability", "label", "threshold"}`` per scored (file, model), or
+``{"file", "error"}`` for a file that cannot be used. Exit status: 0 when every file was
+scored, 1 when any file was refused, 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors exit 2 without a traceback
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _read(path: str) -> bytes:
+    from core.preprocessing import ImageDecodeError
+
+    p = Path(path)
+    if p.is_dir():
+        raise ImageDecodeError(f"'{path}' is a folder, not an image file.")
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"'{path}' does not exist.") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"'{path}' cannot be read: {exc.strerror or exc}.") from None
+
+
+def main(argv=None) -> int:
+    parser = _Parser(prog="python -m core.predict", description="Score chest X-rays for pneumonia.")
+    parser.add_argument("--model", default="all", help="model name or 'all' (default)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--heatmap-dir", type=Path, help="write a Grad-CAM overlay PNG per (file, model)")
+    parser.add_argument("files", nargs="*", metavar="FILE")
+    args = parser.parse_args(argv)
+    if not args.files:
+        parser.error("no files given")
+
+    from core.registry import available_models
+
+    names = available_models()
+    if args.model != "all" and args.model not in names:
+        parser.error(f"unknown model '{args.model}'. Available: {', '.join(names) or 'none'}")
+    selected = names if args.model == "all" else [args.model]
+
+    from PIL import Image
+
+    from core.gradcam import overlay
+    from core.inference import load_model
+    from core.preprocessing import ImageDecodeError, load_grayscale
+
+    models = [load_model(n) for n in selected]
+    if args.heatmap_dir:
+        args.heatmap_dir.mkdir(parents=True, exist_ok=True)
+    status = EXIT_OK
+    for index, path in enumerate(args.files):
+        try:
+            gray = load_grayscale(_read(path), filename=Path(path).name)
+        except ImageDecodeError as exc:
+            status = EXIT_REFUSED
+            _emit(args.json, {"file": path, "error": str(exc)})
+            continue
+        for model in models:
+            d = model.diagnose_gray(gray)[0]
+            _emit(args.json, {"file": path, "model": model.name, "probability": round(d.probability, 6),
+                              "label": d.label, "threshold": round(d.threshold, 6)})
+            if args.heatmap_dir:
+                heat = d.heatmap(gray.shape, d.label)
+                out = args.heatmap_dir / f"{index:03d}_{Path(path).stem}_{model.name}.png"
+                Image.fromarray(overlay(gray, heat)).save(out)
+    return status
+
+
+def _emit(as_json: bool, record: dict) -> None:
+    if as_json:
+        print(json.dumps(record), flush=True)
+    elif "error" in record:
+        print(f"{record['file']}: ERROR {record['error']}", flush=True)
+    else:
+        print(f"{record['file']}: {record['model']}: P(pneumonia)={record['probability']:.4f} -> "
+              f"{record['label']} (threshold {record['threshold']:.4f})", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,190 @@
+"""Turn any uploaded or dataset image into a model input: one path for everything.
+
+``decode_image`` reads bytes (JPEG, PNG incl. 16-bit/RGBA/palette, BMP, TIFF, GIF; DICOM
+through :mod:`core.dicom`) into a 2-D uint8 grayscale array, applying EXIF orientation.
+``load_grayscale`` then squashes it to 224 x 224 exactly as the dataset's images were made
+(PIL bilinear on the grayscale image, aspect ratio not kept), and ``to_model_input``
+normalises it the way the model card says.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.dicom import decode_dicom, is_dicom
+
+__all__ = [
+    "ImageDecodeError",
+    "InputSpec",
+    "decode_image",
+    "load_grayscale",
+    "squash",
+    "to_model_input",
+    "preprocess",
+    "DATASET_SIZE",
+    "MAX_PIXELS",
+    "MIN_SIDE",
+    "MAX_ASPECT",
+]
+
+DATASET_SIZE = (224, 224)
+MAX_PIXELS = 80_000_000  # an 8000 x 8000 scan fits; a decompression bomb does not
+MIN_SIDE = 64
+MAX_ASPECT = 4.0
+
+
+class ImageDecodeError(ValueError):
+    """An upload cannot be used as a chest X-ray; the message is meant for a person."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How a model wants its input, as written in its card (``card["preprocessing"]``).
+
+    The model input is ``(x - mean) / std`` of the 0-255 grayscale image resized to ``size``
+    and repeated to ``channels`` channels.
+    """
+
+    size: tuple[int, int] = DATASET_SIZE
+    channels: int = 3
+    mean: float = 127.0
+    std: float = 128.0
+    resize: str = "bilinear, aspect ratio not kept (as the dataset images)"
+    colour: str = "grayscale repeated to every channel"
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_card(cls, card: dict) -> InputSpec:
+        p = dict(card["preprocessing"])
+        p["size"] = tuple(p["size"])
+        return cls(**p)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        return d
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        """Range of model inputs for pixel values 0..255."""
+        return (0 - self.mean) / self.std, (255 - self.mean) / self.std
+
+
+def _refuse(message: str) -> ImageDecodeError:
+    return ImageDecodeError(message)
+
+
+def _to_uint8_gray(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # High bit depth: scale by the smallest 2**k - 1 range that holds the data (8, 10,
+        # 12, 14 or 16 bits), so contrast is kept as an 8-bit export of it would have it.
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(np.min(arr)), float(np.max(arr))
+        if hi <= lo:
+            raise _refuse("This image is a single flat colour: there is no X-ray to read in it.")
+        if lo < 0:
+            arr, hi = arr - lo, hi - lo
+        bits = max(8, int(np.ceil(np.log2(hi + 1))))
+        return np.round(arr / (2**bits - 1) * 255).astype(np.uint8)
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img)
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
+def decode_image(data: bytes, filename: str | None = None) -> np.ndarray:
+    """Decode an uploaded file to a 2-D uint8 grayscale array.
+
+    Args:
+        data: The file's bytes.
+        filename: Its name, used only in messages.
+
+    Returns:
+        ``(H, W)`` uint8 array, EXIF orientation applied, colour converted to luminance.
+
+    Raises:
+        ImageDecodeError: The bytes are not an image we can read as an X-ray.
+    """
+    name = f"'{filename}'" if filename else "This file"
+    if not data:
+        raise _refuse(f"{name} is empty (0 bytes).")
+    if is_dicom(data):
+        arr = decode_dicom(data, filename)
+        _check_geometry(arr, name)
+        return arr
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise _refuse(
+                    f"{name} claims {width} x {height} pixels, more than the "
+                    f"{MAX_PIXELS // 1_000_000} megapixels we accept."
+                )
+            if getattr(img, "n_frames", 1) > 1 and img.format == "GIF":
+                raise _refuse(f"{name} is an animated image; upload a single still X-ray.")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            arr = _to_uint8_gray(img)
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _refuse(
+            f"{name} claims more pixels than the {MAX_PIXELS // 1_000_000} megapixels we accept "
+            "(it may be a decompression bomb)."
+        ) from None
+    except UnidentifiedImageError:
+        raise _refuse(
+            f"{name} is not an image we can read. Upload a JPEG, PNG, BMP, TIFF or DICOM X-ray."
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise _refuse(f"{name} looks damaged or truncated and cannot be decoded ({exc}).") from None
+    _check_geometry(arr, name)
+    return arr
+
+
+def _check_geometry(arr: np.ndarray, name: str) -> None:
+    h, w = arr.shape
+    if min(h, w) < MIN_SIDE:
+        raise _refuse(f"{name} is only {w} x {h} pixels; an X-ray needs at least {MIN_SIDE} per side.")
+    if max(h, w) / min(h, w) > MAX_ASPECT:
+        raise _refuse(f"{name} is {w} x {h} pixels, far too elongated to be a chest X-ray.")
+
+
+def squash(gray: np.ndarray, size: tuple[int, int] = DATASET_SIZE) -> np.ndarray:
+    """Resize a 2-D uint8 image to ``size`` (H, W) as the dataset was made: PIL bilinear."""
+    if gray.shape == tuple(size):
+        return gray
+    return np.asarray(Image.fromarray(gray).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def load_grayscale(data: bytes, size: tuple[int, int] = DATASET_SIZE, filename: str | None = None) -> np.ndarray:
+    """Decode bytes and squash to the dataset's 224 x 224 grayscale format."""
+    return squash(decode_image(data, filename), size)
+
+
+def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Normalise uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` for a model.
+
+    Returns float32 ``(..., H, W, C)``; the input array is not modified.
+    """
+    gray = np.asarray(gray)
+    if gray.shape[-2:] != tuple(spec.size):
+        if gray.ndim == 2:
+            gray = squash(gray, spec.size)
+        else:
+            gray = np.stack([squash(g, spec.size) for g in gray])
+    x = (gray.astype(np.float32) - spec.mean) / spec.std
+    return np.repeat(x[..., None], spec.channels, axis=-1)
+
+
+def preprocess(data: bytes, spec: InputSpec, filename: str | None = None) -> np.ndarray:
+    """Bytes to one model input ``(H, W, C)``: the path used by the app and the CLI."""
+    return to_model_input(load_grayscale(data, filename=filename), spec)

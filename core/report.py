@@ -1,0 +1,53 @@
+"""``python -m core.report [--update-readme]``: the README's results table, from the shipped artifacts."""
+
+from __future__ import annotations
+
+import json
+
+from core.registry import available_models, load_card, models_dir
+
+__all__ = ["results_table", "update_readme"]
+
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def results_table(root=None) -> str:
+    """Markdown table of test metrics (at each card threshold) for every shipped model."""
+    root = root or models_dir()
+    lines = [
+        "| model | backbone | test accuracy | sensitivity | specificity | precision | F1 | ROC AUC | PR AUC "
+        "| threshold (from validation) | val ROC AUC | training time | hardware |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in available_models(root):
+        card = load_card(name, root)
+        path = root / name / "metrics.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        m = r["at_card_threshold"]
+        lines.append(
+            f"| {name} | {card['backbone'] or 'none'} | {m['accuracy']:.3f} | {m['sensitivity']:.3f} | "
+            f"{m['specificity']:.3f} | {m['precision']:.3f} | {m['f1']:.3f} | {r['roc_auc']:.3f} | {r['pr_auc']:.3f} | "
+            f"{m['threshold']:.3f} | {card['val_metrics']['roc_auc']:.3f} | {card['training_time_s'] / 60:.1f} min | "
+            f"{card['hardware']} |"
+        )
+    return "\n".join(lines)
+
+
+def update_readme(path) -> None:
+    """Replace the table between the README's results markers with a fresh one."""
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    Path(path).write_text(f"{head}{BEGIN}\n{results_table()}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if "--update-readme" in sys.argv:
+        update_readme(models_dir().parent / "README.md")
+    print(results_table())

@@ -1,0 +1,30 @@
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--data-dir D]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from core.config import RECIPES, get_recipe
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__)
+    parser.add_argument("recipe", choices=list(RECIPES))
+    parser.add_argument("--backbone", choices=["efficientnet_lite0", "resnet50"])
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
+    parser.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from core.training import train
+
+    recipe = get_recipe(args.recipe).with_overrides(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size)
+    folder = train(recipe, args.data_dir, fresh=args.fresh)
+    print(f"Model written to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,306 @@
+"""Train a recipe: data -> model -> checkpoints every epoch -> model.keras, card, history.
+
+Backend-agnostic Keras 3 (numpy batches through ``keras.utils.PyDataset``, Keras
+preprocessing layers for augmentation), so the same code trains on TensorFlow or JAX.
+Interrupted runs resume from ``<cache>/runs/<name>/`` (optimizer state included).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from core import LABELS
+from core.backbones import cache_dir
+from core.config import Recipe
+from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
+from core.evaluation import choose_threshold, metrics_at
+from core.models import GRADCAM_LAYERS, augmentation, build_model, input_spec_for
+from core.preprocessing import InputSpec, to_model_input
+from core.registry import load_keras_model, models_dir, sha256_file, write_card
+
+__all__ = ["Batches", "train", "predict_arrays", "class_weights", "hardware"]
+
+log = logging.getLogger(__name__)
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of model inputs from uint8 grayscale images, optionally with sample weights."""
+
+    def __init__(self, gray, labels, spec: InputSpec, batch_size=32, shuffle=False, weights=None, seed=0, **kw):
+        super().__init__(**kw)
+        self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
+        self.batch_size, self.shuffle, self.weights = batch_size, shuffle, weights
+        self._rng = np.random.default_rng(seed)
+        self._order = np.arange(len(gray))
+        if shuffle:
+            self._rng.shuffle(self._order)
+
+    def __len__(self):
+        return int(np.ceil(len(self.gray) / self.batch_size))
+
+    def __getitem__(self, i):
+        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        x = to_model_input(self.gray[idx], self.spec)
+        y = self.labels[idx][:, None]
+        if self.weights is None:
+            return x, y
+        return x, y, self.weights[self.labels[idx].astype(int)]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._rng.shuffle(self._order)
+
+
+def class_weights(labels) -> np.ndarray:
+    """Balanced class weights ``n / (2 * n_c)`` indexed by label."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2)
+    return (len(labels) / (2.0 * counts)).astype(np.float32)
+
+
+def predict_arrays(model, gray, spec: InputSpec, batch_size=64) -> np.ndarray:
+    """P(pneumonia) for uint8 grayscale images, batched."""
+    out = model.predict(Batches(gray, np.zeros(len(gray)), spec, batch_size), verbose=0)
+    return np.asarray(out, dtype=np.float64).reshape(-1)
+
+
+def hardware() -> str:
+    """A short description of where this process runs."""
+    backend = keras.backend.backend()
+    device = "CPU"
+    try:
+        if backend == "jax":
+            import jax
+
+            device = str(jax.devices()[0].device_kind)
+        elif backend == "tensorflow":
+            import tensorflow as tf
+
+            gpus = tf.config.list_physical_devices("GPU")
+            device = f"{len(gpus)} GPU" if gpus else "CPU"
+    except Exception:  # device probing is informational only
+        pass
+    return f"{platform.machine()} {os.cpu_count()} cores, {device}, Keras {keras.__version__} on {backend}"
+
+
+class _Resumable(keras.callbacks.Callback):
+    """Every epoch: save the full training state; on improvement of val_loss, the best model."""
+
+    def __init__(self, run_dir: Path, inner: keras.Model, state: dict, stoppers: list):
+        super().__init__()
+        self.run_dir, self.inner, self.state, self.stoppers = run_dir, inner, state, stoppers
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.state["history"].append({"epoch": epoch + 1, **logs})
+        self.state["epoch"] = epoch + 1
+        if logs["val_loss"] < self.state.get("best_val_loss", np.inf):
+            self.state["best_val_loss"] = logs["val_loss"]
+            self.state["best_epoch"] = epoch + 1
+            self.inner.save(self.run_dir / "best.keras")
+        self.state["callbacks"] = [{"wait": int(cb.wait), "best": float(cb.best)} for cb in self.stoppers]
+        self.model.save(self.run_dir / "last.keras")
+        tmp = self.run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.run_dir / "state.json")
+
+
+def _restore(callback, saved: dict | None):
+    """Give an EarlyStopping / ReduceLROnPlateau its counters back after a resume."""
+    begin = callback.on_train_begin
+
+    def on_train_begin(logs=None):
+        begin(logs)
+        if saved:
+            callback.wait, callback.best = saved["wait"], saved["best"]
+
+    callback.on_train_begin = on_train_begin
+    return callback
+
+
+def _fit_images(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir: Path, state: dict):
+    weights = class_weights(y_tr) if recipe.class_weights else None
+    train_data = Batches(x_tr, y_tr, spec, recipe.batch_size, shuffle=True, weights=weights, seed=recipe.seed)
+    val_data = Batches(x_va, y_va, spec, 64)
+    if (run_dir / "last.keras").exists() and state.get("epoch", 0) > 0:
+        trainer = keras.saving.load_model(run_dir / "last.keras")
+        inner = trainer.get_layer(model.name)
+        log.info("Resuming %s after epoch %d", recipe.name, state["epoch"])
+    else:
+        inner = model
+        parts = [augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness, recipe.seed)] if recipe.augment else []
+        trainer = keras.Sequential([keras.Input((*spec.size, spec.channels)), *parts, inner], name="trainer")
+        trainer.compile(
+            optimizer=keras.optimizers.Adam(recipe.learning_rate),
+            loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
+            metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        )
+    saved = state.get("callbacks") or [None, None]
+    stoppers = [
+        _restore(keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor,
+                                                   patience=recipe.reduce_lr_patience, verbose=1), saved[0]),
+        _restore(keras.callbacks.EarlyStopping("val_loss", patience=recipe.early_stopping_patience, verbose=1), saved[1]),
+    ]
+    trainer.fit(
+        train_data,
+        validation_data=val_data,
+        epochs=recipe.epochs,
+        initial_epoch=state.get("epoch", 0),
+        callbacks=[*stoppers, _Resumable(run_dir, inner, state, stoppers)],
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    return keras.saving.load_model(run_dir / "best.keras", compile=False)
+
+
+def _fit_frozen_head(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir: Path, state: dict):
+    """Frozen backbone: compute pooled features once, train dropout + dense on them."""
+    cached = run_dir / "features.npz"
+    if cached.exists():
+        with np.load(cached) as f:
+            f_tr, f_va = f["train"], f["val"]
+    else:
+        features = keras.Model(model.input, model.get_layer("avg_pool").output)
+        f_tr, f_va = _features(features, x_tr, spec), _features(features, x_va, spec)
+        np.savez(run_dir / "features.tmp.npz", train=f_tr, val=f_va)
+        (run_dir / "features.tmp.npz").replace(cached)
+    head_in = keras.Input(f_tr.shape[1:])
+    h = keras.layers.Dropout(recipe.dropout)(head_in)
+    logit = keras.layers.Dense(1)
+    out = keras.layers.Activation("sigmoid")(logit(h))
+    head = keras.Model(head_in, out)
+    head.compile(
+        optimizer=keras.optimizers.Adam(recipe.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
+    weights = class_weights(y_tr)[np.asarray(y_tr, int)] if recipe.class_weights else None
+    best = keras.callbacks.EarlyStopping("val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True)
+    lr = keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor, patience=recipe.reduce_lr_patience)
+    hist = head.fit(f_tr, np.asarray(y_tr, np.float32), sample_weight=weights, validation_data=(f_va, np.asarray(y_va, np.float32)),
+                    epochs=recipe.epochs, batch_size=recipe.batch_size, callbacks=[best, lr], verbose=2)
+    state["history"] = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}} for i in range(len(hist.history["loss"]))]
+    state["best_epoch"] = int(np.argmin(hist.history["val_loss"])) + 1
+    model.get_layer("logit").set_weights(logit.get_weights())
+    return model
+
+
+def _features(extractor, gray, spec):
+    return np.asarray(extractor.predict(Batches(gray, np.zeros(len(gray)), spec, 64), verbose=0), dtype=np.float32)
+
+
+def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bool = False) -> Path:
+    """Train ``recipe`` and write ``<models>/<name>/{model.keras,card.json,history.csv}``.
+
+    Args:
+        recipe: What to train.
+        data_dir: Dataset folder (see :func:`core.data.find_data_dir`).
+        out_root: Where model folders go (default: the repository's ``models/``).
+        fresh: Ignore any interrupted run and start again.
+
+    Returns:
+        The model's folder.
+    """
+    started = time.time()
+    keras.utils.set_random_seed(recipe.seed)
+    data_dir = find_data_dir(data_dir)
+    out_root = out_root or models_dir()
+    run_dir = cache_dir() / "runs" / recipe.name
+    if fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_path = run_dir / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"history": [], "epoch": 0}
+    state.setdefault("elapsed_s", 0.0)
+    elapsed_before = state["elapsed_s"]
+
+    train_samples, val_samples = split_train_val(list_split(data_dir, "train"), recipe.val_fraction, recipe.seed)
+    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size)
+    log.info("Loading %d training and %d validation images", len(train_samples), len(val_samples))
+    x_tr, x_va = load_images(train_samples), load_images(val_samples)
+    y_tr = np.array([s.label for s in train_samples])
+    y_va = np.array([s.label for s in val_samples])
+
+    model = build_model(recipe.kind, recipe.backbone, recipe.input_size, recipe.dropout,
+                        "imagenet", recipe.trainable_top_layers)
+    init_sha = None
+    if recipe.init_from:
+        source = load_keras_model(recipe.init_from, out_root)
+        model.set_weights(source.get_weights())
+        init_sha = sha256_file(out_root / recipe.init_from / "model.keras")
+    if recipe.kind == "transfer":
+        model = _fit_frozen_head(recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir, state)
+    else:
+        model = _fit_images(recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir, state)
+
+    val_prob = predict_arrays(model, x_va, spec)
+    threshold = choose_threshold(y_va, val_prob, recipe.threshold_rule)
+    folder = out_root / recipe.name
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    _write_history(folder / "history.csv", state["history"])
+    from sklearn.metrics import roc_auc_score
+
+    elapsed = elapsed_before + time.time() - started
+    card = {
+        "name": recipe.name,
+        "kind": recipe.kind,
+        "backbone": recipe.backbone,
+        "input_shape": [*recipe.input_size, spec.channels],
+        "preprocessing": spec.to_dict(),
+        "labels": list(LABELS),
+        "output": "P(PNEUMONIA), sigmoid",
+        "threshold": threshold,
+        "threshold_rule": {
+            "youden": "maximise sensitivity + specificity - 1 on the validation split",
+            "fixed": "0.5",
+        }[recipe.threshold_rule],
+        "gradcam_layer": GRADCAM_LAYERS[recipe.backbone or "baseline"],
+        "parameters": int(model.count_params()),
+        "trainable_parameters_in_training": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
+        "config": recipe.to_dict(),
+        "initialised_from": {"model": recipe.init_from, "sha256": init_sha} if recipe.init_from else None,
+        "seed": recipe.seed,
+        "data": {
+            "train_images": len(train_samples),
+            "val_images": len(val_samples),
+            "train_patients": len({s.patient for s in train_samples}),
+            "val_patients": len({s.patient for s in val_samples}),
+            "fingerprint": fingerprint(train_samples + val_samples),
+            "split": f"{recipe.val_fraction:.0%} of official train held out by patient, stratified by class (StratifiedGroupKFold, seed {recipe.seed})",
+        },
+        "best_epoch": state.get("best_epoch"),
+        "epochs_run": len(state["history"]),
+        "val_metrics": {"roc_auc": float(roc_auc_score(y_va, val_prob)), **metrics_at(y_va, val_prob, threshold)},
+        "weights_file": "model.keras",
+        "weights_sha256": sha256_file(folder / "model.keras"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "training_time_s": round(elapsed, 1),
+        "intended_use": "Research and teaching on pediatric AP chest X-rays (ages 1-5, one centre). Not a medical device.",
+    }
+    write_card(folder, card)
+    state["elapsed_s"] = elapsed
+    state_path.write_text(json.dumps(state, indent=1))
+    log.info("Wrote %s (val AUC %.4f, threshold %.4f)", folder, card["val_metrics"]["roc_auc"], threshold)
+    return folder
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    keys = sorted({k for row in history for k in row}, key=lambda k: (k != "epoch", k))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)

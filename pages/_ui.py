@@ -1,0 +1,139 @@
+"""UI helpers shared by the pages: cached loaders and small widgets. UI only; logic is in core."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from PIL import Image
+
+from core import LABELS
+from core.data import find_data_dir
+from core.registry import available_models, models_dir
+
+DISCLAIMER = (
+    "Research and teaching tool for pediatric AP chest X-rays from one centre. "
+    "**Not a medical device**: it must not be used to diagnose or treat patients."
+)
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def get_model(name: str):
+    """A shipped model, loaded once per server process and shared (never mutated)."""
+    from core.inference import load_model
+
+    return load_model(name)
+
+
+@st.cache_data(show_spinner=False)
+def model_names() -> list[str]:
+    return available_models()
+
+
+@st.cache_data(show_spinner=False)
+def card(name: str) -> dict:
+    from core.registry import load_card
+
+    return load_card(name)
+
+
+@st.cache_data(show_spinner=False)
+def metrics(name: str) -> dict | None:
+    path = models_dir() / name / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+@st.cache_data(show_spinner=False)
+def predictions(name: str) -> pd.DataFrame | None:
+    path = models_dir() / name / "test_predictions.csv"
+    if not path.exists():
+        return None
+    df = pd.read_csv(path)
+    df["y"] = (df["label"] == "PNEUMONIA").astype(int)
+    return df
+
+
+@st.cache_data(show_spinner=False)
+def history(name: str) -> pd.DataFrame | None:
+    path = models_dir() / name / "history.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+@st.cache_data(show_spinner=False)
+def all_predictions() -> pd.DataFrame | None:
+    """One row per test image, a probability column per model."""
+    frames = []
+    for name in model_names():
+        df = predictions(name)
+        if df is not None:
+            frames.append(df.set_index(["filename", "label"])["probability"].rename(name))
+    return pd.concat(frames, axis=1).reset_index() if frames else None
+
+
+def data_dir():
+    return find_data_dir(required=False)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def test_image(filename: str, label: str) -> np.ndarray | None:
+    """A test image as 224 x 224 grayscale, or ``None`` when the dataset is not here."""
+    from core.preprocessing import load_grayscale
+
+    root = data_dir()
+    path = root / "test" / label / filename if root else None
+    if path is None or not path.exists():
+        return None
+    return load_grayscale(path.read_bytes())
+
+
+@st.cache_data(show_spinner=False)
+def ms_per_image(name: str, repeats: int = 7) -> float:
+    """Median time of one diagnosis (probability + Grad-CAM) on this server."""
+    model = get_model(name)
+    gray = np.full((224, 224), 128, np.uint8)
+    model.diagnose_gray(gray)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.diagnose_gray(gray)
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def no_models_stop() -> list[str]:
+    names = model_names()
+    if not names:
+        st.error("No trained models found under `models/`. Train them with `python -m core.train …` "
+                 "or restore the repository's `models/` folder.")
+        st.stop()
+    return names
+
+
+def no_data_hint() -> None:
+    st.info(
+        "The test images are not on this server, so pictures are not shown. Point the app at the "
+        "dataset with `PNEUMONIA_DATA_DIR=/path/to/chest_xray streamlit run app.py` "
+        "(Kaggle's *chest-xray-pneumonia* download); tables and numbers still work."
+    )
+
+
+def label_badge(label: str) -> str:
+    colour = "#b5443a" if label == "PNEUMONIA" else "#2e7d4f"
+    return f"<span style='color:{colour};font-weight:600'>{label}</span>"
+
+
+__all__ = [
+    "DISCLAIMER", "LABELS", "get_model", "model_names", "card", "metrics", "predictions", "history",
+    "all_predictions", "data_dir", "test_image", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint",
+    "label_badge",
+]

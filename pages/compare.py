@@ -1,0 +1,106 @@
+"""Compare models: one table, overlaid ROC curves, one image through every model, disagreements."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from core.gradcam import overlay
+from core.inference import label_for
+from core.preprocessing import ImageDecodeError, load_grayscale
+from core.registry import models_dir
+from pages import _ui as ui
+
+st.title("Compare models")
+names = ui.no_models_stop()
+
+rows = []
+for name in names:
+    report, card = ui.metrics(name), ui.card(name)
+    m = report["at_card_threshold"] if report else {}
+    rows.append({
+        "model": name,
+        "backbone": card.get("backbone") or "none (from scratch)",
+        "threshold": card["threshold"],
+        "accuracy": m.get("accuracy"),
+        "sensitivity": m.get("sensitivity"),
+        "specificity": m.get("specificity"),
+        "precision": m.get("precision"),
+        "F1": m.get("f1"),
+        "ROC AUC": report["roc_auc"] if report else None,
+        "PR AUC": report["pr_auc"] if report else None,
+        "parameters": card["parameters"],
+        "file size (MB)": (models_dir() / name / "model.keras").stat().st_size / 2**20,
+        "ms per image": ui.ms_per_image(name),
+    })
+table = pd.DataFrame(rows).set_index("model")
+higher = ["accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC", "PR AUC"]
+lower = ["parameters", "file size (MB)", "ms per image"]
+styled = (table.style.highlight_max(subset=higher, color="#cfe8d8").highlight_min(subset=lower, color="#cfe8d8")
+          .format({**dict.fromkeys(higher + ["threshold"], "{:.3f}"), "parameters": "{:,.0f}",
+                   "file size (MB)": "{:.1f}", "ms per image": "{:.0f}"}))
+st.dataframe(styled, width="stretch", key="cmp_table")
+st.caption("Test-set metrics at each model's card threshold (chosen on validation). ms per image: median time of "
+           "one diagnosis (probability + Grad-CAM) on this server. Best value per column highlighted.")
+
+fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance")])
+for name in names:
+    report = ui.metrics(name)
+    if report:
+        fig.add_trace(go.Scatter(x=report["roc_curve"]["fpr"], y=report["roc_curve"]["tpr"], mode="lines",
+                                 name=f"{name} (AUC {report['roc_auc']:.3f})"))
+fig.update_layout(title="ROC curves on the official test set", xaxis_title="False-positive rate (1 − specificity)",
+                  yaxis_title="True-positive rate (sensitivity)", height=460)
+st.plotly_chart(fig, key="cmp_roc")
+
+st.header("One image through every model")
+both = ui.all_predictions()
+source = st.radio("Image", ["Test image by file name", "Upload"], horizontal=True, key="cmp_source")
+gray, caption = None, ""
+if source == "Upload":
+    upload = st.file_uploader("X-ray", type=["jpg", "jpeg", "png", "bmp", "tif", "tiff", "dcm"], key="cmp_upload")
+    if upload is not None:
+        try:
+            gray, caption = load_grayscale(upload.getvalue(), filename=upload.name), upload.name
+        except ImageDecodeError as exc:
+            st.error(str(exc))
+elif both is not None:
+    pick = st.selectbox("Test file", both.filename + " (" + both.label + ")", key="cmp_file")
+    row = both.iloc[list(both.filename + " (" + both.label + ")").index(pick)]
+    gray, caption = ui.test_image(row.filename, row.label), f"{row.filename}: truly {row.label}"
+    if gray is None:
+        ui.no_data_hint()
+if gray is not None:
+    st.caption(caption)
+    cols = st.columns(len(names))
+    for col, name in zip(cols, names, strict=False):
+        d = ui.get_model(name).diagnose_gray(gray)[0]
+        col.markdown(f"**{name}**: P(pneumonia) = {d.probability:.1%} → {ui.label_badge(d.label)}",
+                     unsafe_allow_html=True)
+        col.image(overlay(gray, d.heatmap(gray.shape, "PNEUMONIA")), caption="Grad-CAM, evidence for pneumonia",
+                  width="stretch")
+
+st.header("Where the models disagree")
+if both is None:
+    st.info("No test predictions yet: run `python -m core.evaluate --model all`.")
+    st.stop()
+labels = pd.DataFrame({n: [label_for(p, ui.card(n)["threshold"]) for p in both[n]] for n in names})
+disagree = both[labels.nunique(axis=1) > 1].copy()
+for n in names:
+    disagree[f"{n} label"] = labels.loc[disagree.index, n]
+st.write(f"{len(disagree)} of {len(both)} test images get different labels from the models (at card thresholds).")
+st.dataframe(disagree, hide_index=True, width="stretch", key="cmp_disagree")
+if len(disagree):
+    pick = st.selectbox("Look at", disagree.filename, key="cmp_disagree_pick")
+    row = disagree[disagree.filename == pick].iloc[0]
+    gray = ui.test_image(row.filename, row.label)
+    if gray is None:
+        ui.no_data_hint()
+    else:
+        cols = st.columns(len(names) + 1)
+        cols[0].image(gray, caption=f"{row.filename}: truly {row.label}", width="stretch")
+        for col, name in zip(cols[1:], names, strict=False):
+            d = ui.get_model(name).diagnose_gray(gray)[0]
+            col.image(overlay(gray, d.heatmap(gray.shape, d.label)),
+                      caption=f"{name}: {d.probability:.1%} → {d.label}", width="stretch")

@@ -1,0 +1,94 @@
+"""Diagnose: upload X-rays, read P(pneumonia) per model, see and download the Grad-CAM overlay."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from core.gradcam import overlay
+from core.inference import label_for
+from core.preprocessing import ImageDecodeError, load_grayscale
+from pages import _ui as ui
+
+ACCEPTED = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "dcm", "dicom"]
+CLASS_CHOICES = {"Evidence for pneumonia": "PNEUMONIA", "Evidence for normal": "NORMAL"}
+
+st.title("Diagnose a chest X-ray")
+st.caption(ui.DISCLAIMER)
+names = ui.no_models_stop()
+
+with st.sidebar:
+    st.subheader("Settings")
+    choice = st.selectbox("Model", ["All models", *names], key="dx_model")
+    selected = names if choice == "All models" else [choice]
+    thresholds = {}
+    with st.expander("Decision thresholds", expanded=False):
+        st.caption("Start at each model's card threshold (chosen on validation data); changes apply to this view only.")
+        for name in selected:
+            thresholds[name] = st.slider(name, 0.0, 1.0, float(ui.card(name)["threshold"]), 0.01, key=f"dx_thr_{name}")
+    alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="dx_alpha")
+    target = CLASS_CHOICES[st.radio("Grad-CAM explains", list(CLASS_CHOICES), key="dx_target")]
+
+uploads = st.file_uploader("Upload X-rays (JPEG, PNG, BMP, TIFF or DICOM)", type=ACCEPTED,
+                           accept_multiple_files=True, key="dx_upload")
+files: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
+
+sample_dir = ui.data_dir().parent / "samples_fullres" if ui.data_dir() else None
+if sample_dir and sample_dir.is_dir():
+    samples = sorted(p.name for p in sample_dir.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+    sample = st.selectbox("…or try a sample X-ray from the dataset", ["—", *samples], key="dx_sample")
+    if sample != "—":
+        files.append((sample, (sample_dir / sample).read_bytes()))
+
+if not files:
+    st.info("Upload one or more chest X-rays to see each model's probability of pneumonia and its Grad-CAM.")
+    st.stop()
+
+models = {name: ui.get_model(name) for name in selected}
+results, errors = [], {}
+progress = st.progress(0.0, text="Scoring…") if len(files) > 1 else None
+for i, (filename, data) in enumerate(files):
+    try:
+        gray = load_grayscale(data, filename=filename)
+    except ImageDecodeError as exc:
+        errors[filename] = str(exc)
+    else:
+        for model in models.values():
+            results.append((filename, gray, model.diagnose_gray(gray)[0]))
+    if progress:
+        progress.progress((i + 1) / len(files), text=f"Scored {i + 1} of {len(files)}")
+if progress:
+    progress.empty()
+
+for filename, message in errors.items():
+    st.error(f"**{filename}** was not scored: {message}")
+if not results:
+    st.stop()
+
+if len(files) > 1:
+    table = pd.DataFrame([
+        {"file": f, "model": d.model, "P(pneumonia)": round(d.probability, 4),
+         "threshold": thresholds[d.model], "label": label_for(d.probability, thresholds[d.model])}
+        for f, _, d in results
+    ])
+    st.subheader("All files")
+    st.dataframe(table, hide_index=True, width="stretch")
+    st.download_button("Download table (CSV)", table.to_csv(index=False).encode(), "diagnoses.csv", "text/csv",
+                       key="dx_csv")
+    shown = st.selectbox("Show details for", sorted({f for f, _, _ in results}), key="dx_detail")
+else:
+    shown = results[0][0]
+
+st.subheader(shown)
+for filename, gray, d in [r for r in results if r[0] == shown]:
+    label = label_for(d.probability, thresholds[d.model])
+    heat = overlay(gray, d.heatmap(gray.shape, target), alpha=alpha)
+    info, original, explained = st.columns(3)
+    with info:
+        st.markdown(f"**{d.model}**")
+        st.metric("P(pneumonia)", f"{d.probability:.1%}")
+        st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.2f}", unsafe_allow_html=True)
+        st.download_button("Download overlay (PNG)", ui.png_bytes(heat),
+                           f"{filename.rsplit('.', 1)[0]}_{d.model}_gradcam.png", "image/png", key=f"dx_png_{d.model}")
+    original.image(gray, caption="Input as the model sees it (224 × 224)", clamp=True, width="stretch")
+    explained.image(heat, caption=f"Grad-CAM: evidence for {target.lower()}", width="stretch")

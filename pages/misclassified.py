@@ -1,0 +1,67 @@
+"""Misclassified cases: false positives and false negatives, most confident first."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from core.gradcam import overlay
+from pages import _ui as ui
+
+PER_PAGE = 12
+
+st.title("Misclassified test cases")
+names = ui.no_models_stop()
+name = st.selectbox("Model", names, index=len(names) - 1, key="mc_model")
+df, card = ui.predictions(name), ui.card(name)
+if df is None:
+    st.warning(f"No test predictions for '{name}'. Run `python -m core.evaluate --model {name}`.")
+    st.stop()
+threshold = float(card["threshold"])
+others = ui.all_predictions()
+fp = df[(df.y == 0) & (df.probability >= threshold)].sort_values("probability", ascending=False)
+fn = df[(df.y == 1) & (df.probability < threshold)].sort_values("probability", ascending=True)
+st.markdown(f"At its card threshold **{threshold:.3f}**, `{name}` gets **{len(fp)} false positives** and "
+            f"**{len(fn)} false negatives** out of {len(df)} test images.")
+show_cam = st.toggle("Show Grad-CAM overlay", value=True, key="mc_cam")
+have_images = ui.data_dir() is not None
+if not have_images:
+    ui.no_data_hint()
+
+
+def gallery(cases, kind: str) -> None:
+    if cases.empty:
+        st.success(f"No {kind}.")
+        return
+    pages = (len(cases) - 1) // PER_PAGE + 1
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"mc_page_{kind}_{name}") if pages > 1 else 1
+    chunk = cases.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
+    if not have_images:
+        st.dataframe(chunk[["filename", "label", "probability"]], hide_index=True, width="stretch")
+        return
+    model = ui.get_model(name) if show_cam else None
+    cols = st.columns(4)
+    for i, row in enumerate(chunk.itertuples()):
+        gray = ui.test_image(row.filename, row.label)
+        with cols[i % 4]:
+            if gray is None:
+                st.write(f"{row.filename}: image not found")
+                continue
+            if model is not None:
+                d = model.diagnose_gray(gray)[0]
+                st.image(overlay(gray, d.heatmap(gray.shape, d.label)), width="stretch")
+            else:
+                st.image(gray, width="stretch")
+            st.markdown(f"**{row.filename}**  \ntrue {ui.label_badge(row.label)} · P(pneumonia) {row.probability:.1%}",
+                        unsafe_allow_html=True)
+            if others is not None:
+                said = others[others.filename == row.filename].iloc[0]
+                st.caption(" · ".join(f"{n}: {said[n]:.0%}" for n in names if n != name))
+
+
+tab_fp, tab_fn = st.tabs([f"False positives ({len(fp)})", f"False negatives ({len(fn)})"])
+with tab_fp:
+    st.caption("Truly NORMAL, called PNEUMONIA; most confident first. Overlays explain the predicted class.")
+    gallery(fp, "false positives")
+with tab_fn:
+    st.caption("Truly PNEUMONIA, called NORMAL; most confident first.")
+    gallery(fn, "false negatives")

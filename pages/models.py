@@ -1,0 +1,67 @@
+"""Model cards in readable form: recipe, threshold, data, training curves, intended use."""
+
+from __future__ import annotations
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from pages import _ui as ui
+
+st.title("Model cards")
+st.warning(
+    "**Intended use and limitations.** Trained on pediatric (ages 1–5) anterior-posterior chest X-rays from one "
+    "centre in Guangzhou (Kermany et al., Cell 2018). Not validated on adults, other views, other hospitals or "
+    "scanners. Validation accuracy overstates test accuracy on this data. **Not a medical device.**"
+)
+names = ui.no_models_stop()
+for tab, name in zip(st.tabs(names), names, strict=False):
+    card = ui.card(name)
+    cfg, data = card["config"], card["data"]
+    with tab:
+        left, right = st.columns([3, 2])
+        with left:
+            st.subheader(name)
+            for note in cfg.get("notes", []):
+                st.write(note)
+            st.markdown(f"""
+| | |
+|---|---|
+| Kind | {card['kind']} |
+| Backbone | {card.get('backbone') or 'none: trained from scratch'} |
+| Input | {card['input_shape'][0]} × {card['input_shape'][1]} × {card['input_shape'][2]}, (pixel − {card['preprocessing']['mean']}) / {card['preprocessing']['std']} |
+| Parameters | {card['parameters']:,} |
+| Decision threshold | {card['threshold']:.4f}: {card['threshold_rule']} |
+| Grad-CAM layer | `{card['gradcam_layer']}` |
+| Optimiser | Adam, learning rate {cfg['learning_rate']:g}; BCE, label smoothing {cfg['label_smoothing']} |
+| Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {'rotation ±{:g}°, shift {:g}, zoom {:g}, brightness {:g}'.format(cfg['rotation_deg'], cfg['shift'], cfg['zoom'], cfg['brightness']) if cfg['augment'] else 'off'} |
+| Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |
+| Data | {data['train_images']} train / {data['val_images']} validation images ({data['train_patients']} / {data['val_patients']} patients); {data['split']}; fingerprint `{data['fingerprint']}` |
+| Epochs | {card['epochs_run']} run, best at {card['best_epoch']} |
+| Training | {card['training_time_s'] / 60:.1f} min on {card['hardware']}, {card['date'][:10]} |
+| Weights | `model.keras`, sha256 `{card['weights_sha256'][:16]}…` |
+""")
+        with right:
+            vm = card["val_metrics"]
+            st.markdown("**Validation** (used to choose the threshold)")
+            c = st.columns(3)
+            c[0].metric("ROC AUC", f"{vm['roc_auc']:.3f}")
+            c[1].metric("Sensitivity", f"{vm['sensitivity']:.3f}")
+            c[2].metric("Specificity", f"{vm['specificity']:.3f}")
+            report = ui.metrics(name)
+            if report:
+                tm = report["at_card_threshold"]
+                st.markdown("**Official test set**")
+                c = st.columns(3)
+                c[0].metric("ROC AUC", f"{report['roc_auc']:.3f}")
+                c[1].metric("Accuracy", f"{tm['accuracy']:.3f}")
+                c[2].metric("Specificity", f"{tm['specificity']:.3f}")
+        hist = ui.history(name)
+        if hist is not None and len(hist):
+            cols = st.columns(2)
+            for col, metric, title in [(cols[0], "loss", "Loss (BCE with label smoothing)"), (cols[1], "auc", "ROC AUC")]:
+                if metric not in hist:
+                    continue
+                fig = go.Figure([go.Scatter(x=hist.epoch, y=hist[metric], name="train"),
+                                 go.Scatter(x=hist.epoch, y=hist[f"val_{metric}"], name="validation")])
+                fig.update_layout(title=title, xaxis_title="Epoch", yaxis_title=metric, height=320)
+                col.plotly_chart(fig, key=f"mdl_{name}_{metric}")

@@ -1,0 +1,86 @@
+"""Test metrics: ROC / PR curves, confusion matrix and report at an adjustable threshold."""
+
+from __future__ import annotations
+
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+from sklearn.metrics import classification_report
+
+from core.evaluation import calibration_bins, metrics_at
+from pages import _ui as ui
+
+st.title("Test-set metrics")
+names = ui.no_models_stop()
+name = st.selectbox("Model", names, index=len(names) - 1, key="tm_model")
+df, report, card = ui.predictions(name), ui.metrics(name), ui.card(name)
+if df is None or report is None:
+    st.warning(f"No test predictions for '{name}'. Run `python -m core.evaluate --model {name}`.")
+    st.stop()
+
+st.caption(f"Official test split: {len(df)} images ({int(df.y.sum())} pneumonia, {int((1 - df.y).sum())} normal). "
+           f"Card threshold {card['threshold']:.3f}, chosen to {card['threshold_rule']}.")
+threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, float(card["threshold"]), 0.005,
+                      key=f"tm_threshold_{name}")
+m = metrics_at(df.y, df.probability, threshold)
+cm = m["confusion_matrix"]
+cols = st.columns(5)
+for col, key in zip(cols, ["accuracy", "sensitivity", "specificity", "precision", "f1"], strict=False):
+    col.metric(key.capitalize() if key != "f1" else "F1", f"{m[key]:.3f}")
+
+left, right = st.columns(2)
+with left:
+    fpr, tpr = report["roc_curve"]["fpr"], report["roc_curve"]["tpr"]
+    op_fpr = cm["fp"] / max(cm["fp"] + cm["tn"], 1)
+    fig = go.Figure([go.Scatter(x=fpr, y=tpr, mode="lines", name=f"ROC (AUC {report['roc_auc']:.3f})"),
+                     go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance"),
+                     go.Scatter(x=[op_fpr], y=[m["sensitivity"]], mode="markers", marker={"size": 12, "color": "#b5443a"},
+                                name=f"threshold {threshold:.3f}")])
+    fig.update_layout(title="ROC curve", xaxis_title="False-positive rate (1 − specificity)",
+                      yaxis_title="True-positive rate (sensitivity)", height=420)
+    st.plotly_chart(fig, key="tm_roc")
+with right:
+    pr = report["pr_curve"]
+    fig = go.Figure([go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"PR (AP {report['pr_auc']:.3f})"),
+                     go.Scatter(x=[m["sensitivity"]], y=[m["precision"]], mode="markers",
+                                marker={"size": 12, "color": "#b5443a"}, name=f"threshold {threshold:.3f}")])
+    fig.update_layout(title="Precision–recall curve", xaxis_title="Recall (sensitivity)", yaxis_title="Precision",
+                      height=420)
+    st.plotly_chart(fig, key="tm_pr")
+
+left, right = st.columns(2)
+with left:
+    st.subheader("Confusion matrix")
+    matrix = pd.DataFrame([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]],
+                          index=["true NORMAL", "true PNEUMONIA"], columns=["predicted NORMAL", "predicted PNEUMONIA"])
+    fig = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
+    fig.update_layout(xaxis_title="Predicted label", yaxis_title="True label", height=340, coloraxis_showscale=False)
+    st.plotly_chart(fig, key="tm_cm")
+    st.dataframe(matrix, key="tm_cm_table")
+with right:
+    st.subheader("Classification report")
+    pred = (df.probability >= threshold).astype(int)
+    rep = classification_report(df.y, pred, labels=[0, 1], target_names=["NORMAL", "PNEUMONIA"], output_dict=True,
+                                zero_division=0)
+    st.dataframe(pd.DataFrame(rep).T.round(3), width="stretch")
+
+left, right = st.columns(2)
+with left:
+    fig = px.histogram(df, x="probability", color="label", nbins=40, barmode="overlay", opacity=0.65,
+                       color_discrete_map={"NORMAL": "#2e7d4f", "PNEUMONIA": "#b5443a"})
+    fig.add_vline(x=threshold, line_dash="dash", annotation_text="threshold")
+    fig.update_layout(title="Predicted probabilities by true class", xaxis_title="P(pneumonia)",
+                      yaxis_title="Number of test images", height=380)
+    st.plotly_chart(fig, key="tm_hist")
+with right:
+    bins = pd.DataFrame(calibration_bins(df.y, df.probability)).dropna()
+    fig = go.Figure([go.Scatter(x=bins.mean_predicted, y=bins.observed_rate, mode="lines+markers", name=name,
+                                text=bins["count"], hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}"),
+                     go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"},
+                                name="perfectly calibrated")])
+    fig.update_layout(title="Reliability (calibration) curve", xaxis_title="Mean predicted P(pneumonia)",
+                      yaxis_title="Observed fraction with pneumonia", height=380)
+    st.plotly_chart(fig, key="tm_calibration")
+    st.caption(f"Brier score {report['brier']:.3f}. Label smoothing (0.1) keeps probabilities away from 0 and 1 by design.")
+

@@ -1,0 +1,77 @@
+"""Every dashboard page through Streamlit's AppTest (no browser)."""
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from tests.conftest import ROOT, encode, xray_like
+
+TIMEOUT = 180  # loading TensorFlow and the models takes far longer than AppTest's 3 s default
+
+
+def _app(page=None):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    if page:
+        at.switch_page(page).run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.parametrize("page", ["pages/diagnose.py", "pages/test_metrics.py", "pages/compare.py",
+                                  "pages/misclassified.py", "pages/models.py"])
+def test_every_page_renders(page, shipped_models):
+    at = _app(page)
+    assert at.title and not at.error
+
+
+def test_diagnose_scores_an_upload_with_every_model(shipped_models):
+    at = _app()
+    at.file_uploader(key="dx_upload").set_value(("chest.png", encode(xray_like(500, 420), "PNG"), "image/png"))
+    at.run()
+    assert not at.exception and not at.error
+    shown = [m for m in at.metric if m.label == "P(pneumonia)"]
+    assert len(shown) == len(shipped_models)
+    assert all(m.value.endswith("%") for m in shown)
+    captions = [c for img in at.get("imgs") for c in img.proto.imgs]
+    assert sum("Grad-CAM" in c.caption for c in captions) == len(shipped_models)
+
+
+def test_diagnose_reports_a_bad_file_and_scores_the_rest(shipped_models):
+    at = _app()
+    at.file_uploader(key="dx_upload").set_value([
+        ("notes.png", b"this is not an image", "image/png"),
+        ("chest.png", encode(xray_like(500, 420), "PNG"), "image/png"),
+    ])
+    at.run()
+    assert not at.exception
+    assert len(at.error) == 1 and "notes.png" in at.error[0].value
+    table = at.dataframe[0].value
+    assert set(table["file"]) == {"chest.png"} and len(table) == len(shipped_models)
+
+
+def test_threshold_slider_changes_the_confusion_matrix(shipped_models):
+    at = _app("pages/test_metrics.py")
+    name = at.selectbox(key="tm_model").value
+    before = at.dataframe(key="tm_cm_table").value.to_numpy().tolist()
+    at.slider(key=f"tm_threshold_{name}").set_value(0.95).run()
+    after = at.dataframe(key="tm_cm_table").value.to_numpy().tolist()
+    assert not at.exception and before != after
+    assert sum(map(sum, after)) == sum(map(sum, before))
+
+
+def test_compare_lists_every_shipped_model(shipped_models):
+    at = _app("pages/compare.py")
+    assert list(at.dataframe(key="cmp_table").value.index) == shipped_models
+
+
+def test_misclassified_counts_match_the_predictions(shipped_models):
+    from core.registry import load_card
+    from pages._ui import predictions
+
+    at = _app("pages/misclassified.py")
+    name = at.selectbox(key="mc_model").value
+    df, threshold = predictions(name), load_card(name)["threshold"]
+    fp = int(((df.y == 0) & (df.probability >= threshold)).sum())
+    fn = int(((df.y == 1) & (df.probability < threshold)).sum())
+    text = " ".join(m.value for m in at.markdown)
+    assert f"{fp} false positives" in text and f"{fn} false negatives" in text

@@ -1,0 +1,54 @@
+"""Metrics against values computed by hand, and the validation threshold rule."""
+
+import numpy as np
+import pytest
+
+from core.evaluation import calibration_bins, choose_threshold, full_report, metrics_at
+
+# 4 normal, 6 pneumonia
+Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+P = np.array([0.1, 0.2, 0.6, 0.3, 0.9, 0.8, 0.4, 0.7, 0.95, 0.55])
+
+
+def test_metrics_at_half_by_hand():
+    m = metrics_at(Y, P, 0.5)
+    # predicted positive: 0.6 (FP), 0.9 0.8 0.7 0.95 0.55 (TP); 0.4 is FN
+    assert m["confusion_matrix"] == {"tn": 3, "fp": 1, "fn": 1, "tp": 5}
+    assert m["accuracy"] == pytest.approx(8 / 10)
+    assert m["sensitivity"] == pytest.approx(5 / 6)
+    assert m["specificity"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(5 / 6)
+    assert m["f1"] == pytest.approx(2 * (5 / 6) * (5 / 6) / (5 / 6 + 5 / 6))
+
+
+def test_threshold_is_inclusive():
+    assert metrics_at(Y, P, 0.6)["confusion_matrix"]["fp"] == 1
+    assert metrics_at(Y, P, 0.61)["confusion_matrix"]["fp"] == 0
+
+
+def test_roc_auc_by_hand():
+    # pairs (pos, neg) ranked correctly: every positive beats 0.1, 0.2, 0.3 (18 pairs);
+    # against 0.6: 0.9 0.8 0.7 0.95 beat it, 0.4 and 0.55 do not (4 of 6) -> 22 / 24
+    assert full_report(Y, P, 0.5)["roc_auc"] == pytest.approx(22 / 24)
+
+
+def test_youden_threshold_by_hand():
+    # at 0.7: sens 4/6, spec 4/4 -> J 0.667; at 0.4: sens 6/6, spec 3/4 -> J 0.75 (best)
+    assert choose_threshold(Y, P) == pytest.approx(0.4)
+    assert choose_threshold(Y, P, "fixed") == 0.5
+    with pytest.raises(ValueError):
+        choose_threshold(Y, P, "test-set")
+
+
+def test_calibration_bins_by_hand():
+    bins = calibration_bins(Y, P, n_bins=2)
+    assert [b["count"] for b in bins] == [4, 6]  # [0, .5): .1 .2 .3 .4 ; [.5, 1]: the rest
+    assert bins[0]["observed_rate"] == pytest.approx(1 / 4)
+    assert bins[1]["mean_predicted"] == pytest.approx(np.mean([0.6, 0.9, 0.8, 0.7, 0.95, 0.55]))
+
+
+def test_report_has_everything_the_dashboard_reads():
+    r = full_report(Y, P, 0.4)
+    assert r["at_card_threshold"]["threshold"] == 0.4 and r["at_0.5"]["threshold"] == 0.5
+    assert len(r["roc_curve"]["fpr"]) == len(r["roc_curve"]["tpr"])
+    assert 0 <= r["pr_auc"] <= 1 and (r["n"], r["n_pneumonia"], r["n_normal"]) == (10, 6, 4)

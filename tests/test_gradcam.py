@@ -1,0 +1,114 @@
+"""Grad-CAM properties on a tiny in-memory CNN, and equality with keras.io's recipe."""
+
+import keras
+import numpy as np
+import pytest
+
+from core.gradcam import GradCam, class_map, colourise, normalise, overlay, reference_gradcam, upsample
+from core.models import baseline
+from tests.conftest import xray_like
+
+
+@keras.saving.register_keras_serializable(package="tests")
+class CallCounter(keras.layers.Layer):
+    """Identity layer that counts how many times the model body runs."""
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(shape=(), initializer="zeros", trainable=False, name="calls")
+
+    def call(self, x):
+        self.calls.assign_add(1.0)
+        return x
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    keras.utils.set_random_seed(3)
+    model = baseline((64, 64), dropout=0.5)
+    # give the head a non-trivial slope so both signs appear in the map
+    k, b = model.get_layer("logit").get_weights()
+    model.get_layer("logit").set_weights([np.random.default_rng(1).normal(0, 3, k.shape).astype("float32"), b])
+    return model
+
+
+def _batch(n=2):
+    return np.stack([xray_like(64, 64, seed=i) for i in range(n)])[..., None].astype(np.float32) / 255.0
+
+
+def test_probability_matches_the_model(tiny):
+    x = _batch(3)
+    prob, signed = GradCam(tiny, "last_conv")(x)
+    assert np.allclose(prob, tiny.predict(x, verbose=0)[:, 0], atol=1e-5)
+    assert signed.shape == (3, 4, 4)
+
+
+def test_heatmap_properties(tiny):
+    x = _batch(1)
+    before = x.copy()
+    _, signed = GradCam(tiny, "last_conv")(x)
+    for target in ("PNEUMONIA", "NORMAL"):
+        heat = normalise(upsample(class_map(signed[0], target), (64, 64)))
+        assert heat.shape == (64, 64)
+        assert np.isfinite(heat).all() and heat.min() >= 0 and heat.max() <= 1
+    assert np.array_equal(x, before)
+
+
+def test_normal_map_is_the_flipped_gradient(tiny):
+    _, signed = GradCam(tiny, "last_conv")(_batch(1))
+    assert np.array_equal(class_map(signed, "NORMAL"), np.maximum(-signed, 0))
+    assert np.array_equal(class_map(signed), class_map(signed, "PNEUMONIA"))
+    with pytest.raises(ValueError, match="Unknown class"):
+        class_map(signed, "CAT")
+
+
+def test_single_image_equals_batch_entry(tiny):
+    x = _batch(2)
+    cam = GradCam(tiny, "last_conv")
+    _, both = cam(x)
+    _, one = cam(x[1])
+    assert np.allclose(both[1], one[0], atol=1e-5)
+
+
+def test_fast_path_equals_keras_io_recipe(tiny):
+    x = _batch(1)
+    _, signed = GradCam(tiny, "last_conv")(x)
+    ours = normalise(class_map(signed[0]))
+    ref = reference_gradcam(tiny, x, "last_conv")
+    assert ref.max() > 0 and ours.max() == 1.0
+    assert np.abs(ours - ref).max() < 1e-4
+
+
+def test_one_forward_pass_per_call():
+    inputs = keras.Input((32, 32, 1))
+    counter = CallCounter(name="counter")
+    x = counter(inputs)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="last_conv")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    logit = keras.layers.Dense(1, name="logit")(x)
+    model = keras.Model(inputs, keras.layers.Activation("sigmoid", name="prediction")(logit))
+    cam = GradCam(model, "last_conv")
+    cam.warm_up()
+    start = float(counter.calls.numpy())
+    cam(np.zeros((1, 32, 32, 1), np.float32))
+    assert float(counter.calls.numpy()) - start == 1.0
+
+
+def test_no_retracing_for_new_inputs(tiny):
+    cam = GradCam(tiny, "last_conv")
+    for n in (1, 1, 3, 5):
+        cam(np.random.default_rng(n).random((n, 64, 64, 1)).astype(np.float32))
+    assert cam._run.experimental_get_tracing_count() == 1
+
+
+def test_normalise_handles_flat_and_nan():
+    assert np.array_equal(normalise(np.zeros((3, 3))), np.zeros((3, 3)))
+    assert np.isfinite(normalise(np.array([[np.nan, 1.0], [2.0, np.inf]]))).all()
+
+
+def test_overlay_shape_and_dtype():
+    gray = xray_like(50, 40)
+    heat = np.linspace(0, 1, 20).reshape(4, 5)
+    out = overlay(gray, heat, alpha=0.5)
+    assert out.shape == (50, 40, 3) and out.dtype == np.uint8
+    assert np.array_equal(overlay(gray, upsample(heat, (50, 40)), alpha=0.0)[..., 0], gray)
+    assert colourise(np.array([[0.0, 1.0]])).shape == (1, 2, 3)

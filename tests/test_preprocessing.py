@@ -1,0 +1,136 @@
+"""Decoding every accepted format, refusing the rest, and the one preprocessing path."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.preprocessing import (
+    ImageDecodeError,
+    InputSpec,
+    decode_image,
+    load_grayscale,
+    preprocess,
+    squash,
+    to_model_input,
+)
+from tests.conftest import encode, xray_like
+
+BASE = xray_like(300, 260)
+
+
+def _rgb():
+    return np.repeat(BASE[..., None], 3, axis=-1)
+
+
+def _png16():
+    return encode((BASE.astype(np.uint16) * 257), "PNG")
+
+
+def _rgba():
+    a = np.dstack([_rgb(), np.full(BASE.shape, 255, np.uint8)])
+    return encode(a, "PNG")
+
+
+def _palette():
+    buf = io.BytesIO()
+    Image.fromarray(BASE).convert("P").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _exif_rotated():
+    # stored sideways (260 x 300 on disk) with Orientation = 6 (rotate 90 CW to view)
+    img = Image.fromarray(np.rot90(BASE, k=1).copy())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, exif=exif)
+    return buf.getvalue()
+
+
+ACCEPTED = {
+    "jpeg": lambda: encode(BASE, "JPEG", quality=95),
+    "png": lambda: encode(BASE, "PNG"),
+    "png-rgb": lambda: encode(_rgb(), "PNG"),
+    "png-16bit": _png16,
+    "png-rgba": _rgba,
+    "png-palette": _palette,
+    "bmp": lambda: encode(BASE, "BMP"),
+    "tiff": lambda: encode(BASE, "TIFF"),
+    "jpeg-exif-rotated": _exif_rotated,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(ACCEPTED))
+def test_accepted_formats_decode_to_the_same_picture(kind):
+    gray = decode_image(ACCEPTED[kind](), f"x.{kind}")
+    assert gray.dtype == np.uint8 and gray.shape == BASE.shape
+    tolerance = 12 if "jpeg" in kind else 2
+    assert np.abs(gray.astype(int) - BASE.astype(int)).mean() < tolerance
+
+
+def _bomb_png(w=30000, h=30000):
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b"")
+
+
+def _animated_gif():
+    frames = [Image.fromarray(BASE), Image.fromarray(255 - BASE)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+REFUSED = {
+    "empty": (lambda: b"", "empty"),
+    "text": (lambda: b"just some notes, not an image\n" * 10, "not an image"),
+    "truncated-jpeg": (lambda: encode(BASE, "JPEG")[:600], "damaged or truncated"),
+    "corrupt-png": (lambda: encode(BASE, "PNG")[:60] + b"\x00" * 200, "damaged|not an image"),
+    "bomb-png": (_bomb_png, "megapixels"),
+    "tiny-1x1": (lambda: encode(np.zeros((1, 1), np.uint8), "PNG"), "only 1 x 1"),
+    "tiny-16x16": (lambda: encode(xray_like(16, 16), "PNG"), "only 16 x 16"),
+    "extreme-aspect": (lambda: encode(xray_like(100, 4000), "PNG"), "elongated"),
+    "animated-gif": (_animated_gif, "animated"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSED))
+def test_refused_inputs_raise_one_specific_error(kind):
+    make, message = REFUSED[kind]
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_image(make(), "upload.bin")
+
+
+def test_squash_matches_the_dataset_resize(samples_dir, data_dir):
+    """A full-resolution original squashed by us is the dataset's own 224 x 224 copy."""
+    name = "person1314_virus_2269.jpeg"
+    ours = load_grayscale((samples_dir / name).read_bytes()).astype(int)
+    theirs = np.asarray(Image.open(data_dir / "train" / "PNEUMONIA" / name).convert("L")).astype(int)
+    assert ours.shape == (224, 224)
+    assert np.abs(ours - theirs).mean() < 2.5  # JPEG re-encoding noise only; nearest gives ~3-4
+
+
+def test_to_model_input_follows_the_spec_and_keeps_input():
+    gray = squash(BASE)
+    before = gray.copy()
+    lite = to_model_input(gray, InputSpec(channels=3, mean=127.0, std=128.0))
+    base = to_model_input(gray, InputSpec(size=(64, 64), channels=1, mean=0.0, std=255.0))
+    assert lite.shape == (224, 224, 3) and lite.dtype == np.float32
+    assert np.allclose(lite[..., 0], (gray - 127.0) / 128.0)
+    assert base.shape == (64, 64, 1) and 0 <= base.min() and base.max() <= 1
+    assert np.array_equal(gray, before)
+
+
+def test_preprocess_is_decode_squash_normalise():
+    spec = InputSpec()
+    data = encode(BASE, "PNG")
+    assert np.array_equal(preprocess(data, spec), to_model_input(squash(BASE), spec))
+
+
+def test_spec_round_trips_through_a_card():
+    spec = InputSpec(size=(128, 96), channels=1, mean=0.0, std=255.0)
+    assert InputSpec.from_card({"preprocessing": spec.to_dict()}) == spec
