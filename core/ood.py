@@ -1,0 +1,144 @@
+"""Out-of-distribution guard: is this input like the training X-rays at all?
+
+Pooled ImageNet EfficientNet-Lite0 features (1280-d) are projected onto their top principal
+components, fitted on the training split; the score is the Mahalanobis distance in that space
+plus the residual outside it (scaled by its mean training value). The cut-off is the quantile
+of validation scores that lets ``pass_rate`` of validation X-rays through. What it needs is
+stored in ``models/ood/guard.npz`` (small) with a card.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["OODGuard", "fit_guard", "load_guard", "feature_extractor", "GUARD_DIR"]
+
+log = logging.getLogger(__name__)
+GUARD_DIR = "ood"
+
+
+def feature_extractor():
+    """Compiled ``(N, 224, 224, 3)`` Lite0-normalised batch -> ``(N, 1280)`` pooled features."""
+    import keras
+    import tensorflow as tf
+
+    from core.backbones import efficientnet_lite0
+
+    backbone = efficientnet_lite0(weights="imagenet")
+    pooled = keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output))
+
+    @tf.function(input_signature=[tf.TensorSpec((None, 224, 224, 3), tf.float32)])
+    def run(x):
+        return pooled(x, training=False)
+
+    return lambda x: run(np.asarray(x, np.float32)).numpy()
+
+
+@dataclass
+class OODGuard:
+    """Mahalanobis-in-PCA-space plus residual distance with a validation-chosen cut-off."""
+
+    mean: np.ndarray  # (D,)
+    components: np.ndarray  # (K, D)
+    variances: np.ndarray  # (K,)
+    residual_scale: float
+    cutoff: float
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Distance of each ``(N, D)`` feature row from the training X-rays (higher = stranger)."""
+        centred = np.atleast_2d(features) - self.mean
+        proj = centred @ self.components.T
+        mahalanobis = np.sum(proj**2 / self.variances, axis=1)
+        residual = np.sum(centred**2, axis=1) - np.sum(proj**2, axis=1)
+        return (mahalanobis + residual / self.residual_scale) / self.components.shape[0]
+
+    def is_ood(self, features: np.ndarray) -> np.ndarray:
+        return self.score(features) > self.cutoff
+
+    def save(self, folder: Path, card: dict) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(folder / "guard.npz", mean=self.mean, components=self.components,
+                            variances=self.variances, residual_scale=self.residual_scale, cutoff=self.cutoff)
+        from core.registry import sha256_file
+
+        card = {**card, "weights_file": "guard.npz", "weights_sha256": sha256_file(folder / "guard.npz")}
+        (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+
+
+def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components: int = 64,
+              pass_rate: float = 0.995) -> OODGuard:
+    """Fit on training features; set the cut-off so ``pass_rate`` of validation rows pass."""
+    train_features = np.asarray(train_features, np.float64)
+    mean = train_features.mean(axis=0)
+    centred = train_features - mean
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    components = vt[:n_components]
+    variances = (s[:n_components] ** 2) / (len(train_features) - 1)
+    proj = centred @ components.T
+    residual = np.sum(centred**2, axis=1) - np.sum(proj**2, axis=1)
+    guard = OODGuard(mean.astype(np.float32), components.astype(np.float32), variances.astype(np.float32),
+                     float(residual.mean()), 0.0)
+    guard.cutoff = float(np.quantile(guard.score(val_features), pass_rate))
+    return guard
+
+
+def load_guard(root: Path | None = None) -> OODGuard | None:
+    """The shipped guard, or ``None`` when absent. Checks the sha256 in its card."""
+    from core.registry import ModelIntegrityError, models_dir, sha256_file
+
+    folder = (root or models_dir()) / GUARD_DIR
+    if not (folder / "guard.npz").exists():
+        return None
+    card = json.loads((folder / "card.json").read_text())
+    if sha256_file(folder / "guard.npz") != card.get("weights_sha256"):
+        raise ModelIntegrityError("The out-of-distribution guard file does not match the sha256 in its card.")
+    with np.load(folder / "guard.npz", allow_pickle=False) as f:
+        return OODGuard(f["mean"], f["components"], f["variances"], float(f["residual_scale"]), float(f["cutoff"]))
+
+
+def main(argv=None) -> int:
+    """``python -m core.ood [--data-dir D]``: fit the guard on the training split and save it."""
+    import argparse
+
+    from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
+    from core.preprocessing import InputSpec, to_model_input
+    from core.registry import models_dir
+
+    parser = argparse.ArgumentParser(prog="python -m core.ood", description=main.__doc__)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    train, val = split_train_val(list_split(find_data_dir(args.data_dir), "train"), 0.1, args.seed)
+    extract, spec = feature_extractor(), InputSpec()
+
+    def features(samples):
+        gray = load_images(samples)
+        return np.concatenate([extract(to_model_input(gray[i : i + 64], spec)) for i in range(0, len(gray), 64)])
+
+    guard = fit_guard(features(train), features(val))
+    card = {
+        "name": "ood",
+        "kind": "out-of-distribution guard",
+        "method": "PCA (64 components) Mahalanobis distance + scaled residual on pooled ImageNet "
+                  "EfficientNet-Lite0 features, fitted on the training split",
+        "cutoff_rule": "99.5th percentile of validation-split scores (99.5 % of validation X-rays pass)",
+        "cutoff": guard.cutoff,
+        "preprocessing": spec.to_dict(),
+        "seed": args.seed,
+        "data": {"train_images": len(train), "val_images": len(val), "fingerprint": fingerprint(train + val)},
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    guard.save(models_dir() / GUARD_DIR, card)
+    log.info("Guard saved: cut-off %.3f", guard.cutoff)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
