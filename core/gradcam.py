@@ -45,7 +45,9 @@ class GradCam:
             raise NotImplementedError(f"Grad-CAM serving is implemented for the TensorFlow backend, not {backend}.")
         import tensorflow as tf
 
-        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], jit_compile=False)
+        # autograph=False: nothing here needs conversion, and autograph would write generated
+        # source files to the temp directory (we promise a diagnosis writes no files).
+        @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False, jit_compile=False)
         def run(x):
             with tf.GradientTape() as tape:
                 features, logit = self._model(x, training=False)

@@ -15,7 +15,12 @@ from core.gradcam import GradCam, class_map, normalise, upsample
 from core.preprocessing import InputSpec, load_grayscale, to_model_input
 from core.registry import load_card, load_keras_model
 
-__all__ = ["Diagnosis", "LoadedModel", "load_model", "label_for"]
+__all__ = ["Diagnosis", "LoadedModel", "load_model", "label_for", "OODCheck", "OODResult", "OOD_WARNING"]
+
+OOD_WARNING = (
+    "This image does not look like the pediatric chest X-rays the models were trained on "
+    "(out-of-distribution score {score:.2f} > cut-off {cutoff:.2f}); its diagnosis is not trustworthy."
+)
 
 
 @dataclass(frozen=True)
@@ -70,3 +75,39 @@ class LoadedModel:
 def load_model(name: str, root: Path | None = None) -> LoadedModel:
     """Load a shipped model by name (checks sha256, safe mode, warms up)."""
     return LoadedModel(name, root)
+
+
+@dataclass(frozen=True)
+class OODResult:
+    """Whether an image looks unlike the training X-rays."""
+
+    score: float
+    cutoff: float
+
+    @property
+    def flagged(self) -> bool:
+        return self.score > self.cutoff
+
+    @property
+    def warning(self) -> str:
+        return OOD_WARNING.format(score=self.score, cutoff=self.cutoff)
+
+
+class OODCheck:
+    """The shipped out-of-distribution guard with its compiled feature extractor."""
+
+    def __init__(self, root: Path | None = None):
+        from core.ood import feature_extractor, load_guard
+
+        self.guard = load_guard(root)
+        if self.guard is None:
+            raise FileNotFoundError("No out-of-distribution guard under models/ood (run: python -m core.ood).")
+        self._features = feature_extractor()
+        self._spec = InputSpec()
+        self._features(np.zeros((1, 224, 224, 3), np.float32))  # warm up
+
+    def __call__(self, gray: np.ndarray) -> list[OODResult]:
+        """Check uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` (224 x 224)."""
+        batch = gray[None] if gray.ndim == 2 else gray
+        scores = self.guard.score(self._features(to_model_input(batch, self._spec)))
+        return [OODResult(float(s), self.guard.cutoff) for s in scores]

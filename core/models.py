@@ -122,14 +122,16 @@ def build_model(kind: str, backbone: str | None = "efficientnet_lite0", input_si
     raise ValueError(f"Unknown model kind {kind!r}. Available: baseline, transfer, finetuned")
 
 
-def augmentation(spec: InputSpec, rotation_deg=10.0, shift=0.1, zoom=0.1, brightness=0.1, seed=42):
+def augmentation(spec: InputSpec, rotation_deg=10.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.0, seed=42):
     """Training-time augmentation as Keras preprocessing layers (identity at inference)."""
+    extra = [layers.RandomContrast(contrast, value_range=spec.value_range, seed=seed)] if contrast else []
     return keras.Sequential(
         [
             layers.RandomRotation(rotation_deg / 360.0, fill_mode="constant", fill_value=spec.value_range[0], seed=seed),
             layers.RandomTranslation(shift, shift, fill_mode="constant", fill_value=spec.value_range[0], seed=seed),
             layers.RandomZoom(zoom, fill_mode="constant", fill_value=spec.value_range[0], seed=seed),
             layers.RandomBrightness(brightness, value_range=spec.value_range, seed=seed),
+            *extra,
         ],
         name="augmentation",
     )

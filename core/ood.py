@@ -33,7 +33,7 @@ def feature_extractor():
     backbone = efficientnet_lite0(weights="imagenet")
     pooled = keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output))
 
-    @tf.function(input_signature=[tf.TensorSpec((None, 224, 224, 3), tf.float32)])
+    @tf.function(input_signature=[tf.TensorSpec((None, 224, 224, 3), tf.float32)], autograph=False)
     def run(x):
         return pooled(x, training=False)
 

@@ -2,7 +2,9 @@
 
 Scores X-ray files with the shipped models. With ``--json``: one JSON object per line,
 ``{"file", "model", "probability", "label", "threshold"}`` per scored (file, model), or
-``{"file", "error"}`` for a file that cannot be used. Exit status: 0 when every file was
+``{"file", "error"}`` for a file that cannot be used. A file that does not look like a chest
+X-ray (out-of-distribution guard) is still scored, and its lines gain ``"ood": true`` and a
+``"warning"``. Exit status: 0 when every file was
 scored, 1 when any file was refused, 2 for a usage error.
 """
 
@@ -42,6 +44,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="all", help="model name or 'all' (default)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--heatmap-dir", type=Path, help="write a Grad-CAM overlay PNG per (file, model)")
+    parser.add_argument("--no-ood-check", action="store_true", help="skip the out-of-distribution guard")
     parser.add_argument("files", nargs="*", metavar="FILE")
     args = parser.parse_args(argv)
     if not args.files:
@@ -57,10 +60,11 @@ def main(argv=None) -> int:
     from PIL import Image
 
     from core.gradcam import overlay
-    from core.inference import load_model
+    from core.inference import OODCheck, load_model
     from core.preprocessing import ImageDecodeError, load_grayscale
 
     models = [load_model(n) for n in selected]
+    ood = None if args.no_ood_check else _guard(OODCheck)
     if args.heatmap_dir:
         args.heatmap_dir.mkdir(parents=True, exist_ok=True)
     status = EXIT_OK
@@ -71,15 +75,27 @@ def main(argv=None) -> int:
             status = EXIT_REFUSED
             _emit(args.json, {"file": path, "error": str(exc)})
             continue
+        check = ood(gray)[0] if ood else None
         for model in models:
             d = model.diagnose_gray(gray)[0]
-            _emit(args.json, {"file": path, "model": model.name, "probability": round(d.probability, 6),
-                              "label": d.label, "threshold": round(d.threshold, 6)})
+            record = {"file": path, "model": model.name, "probability": round(d.probability, 6),
+                      "label": d.label, "threshold": round(d.threshold, 6)}
+            if check is not None and check.flagged:
+                record.update(ood=True, warning=check.warning)
+            _emit(args.json, record)
             if args.heatmap_dir:
                 heat = d.heatmap(gray.shape, d.label)
                 out = args.heatmap_dir / f"{index:03d}_{Path(path).stem}_{model.name}.png"
                 Image.fromarray(overlay(gray, heat)).save(out)
     return status
+
+
+def _guard(factory):
+    try:
+        return factory()
+    except FileNotFoundError as exc:
+        print(f"warning: {exc}", file=sys.stderr)
+        return None
 
 
 def _emit(as_json: bool, record: dict) -> None:
@@ -89,7 +105,8 @@ def _emit(as_json: bool, record: dict) -> None:
         print(f"{record['file']}: ERROR {record['error']}", flush=True)
     else:
         print(f"{record['file']}: {record['model']}: P(pneumonia)={record['probability']:.4f} -> "
-              f"{record['label']} (threshold {record['threshold']:.4f})", flush=True)
+              f"{record['label']} (threshold {record['threshold']:.4f})"
+              + (f"  WARNING: {record['warning']}" if record.get("ood") else ""), flush=True)
 
 
 if __name__ == "__main__":

@@ -141,7 +141,8 @@ def _fit_images(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir: Pa
         log.info("Resuming %s after epoch %d", recipe.name, state["epoch"])
     else:
         inner = model
-        parts = [augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness, recipe.seed)] if recipe.augment else []
+        parts = [augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness,
+                               recipe.contrast, recipe.seed)] if recipe.augment else []
         trainer = keras.Sequential([keras.Input((*spec.size, spec.channels)), *parts, inner], name="trainer")
         trainer.compile(
             optimizer=keras.optimizers.Adam(recipe.learning_rate),

@@ -29,6 +29,17 @@ def get_model(name: str):
     return load_model(name)
 
 
+@st.cache_resource(show_spinner="Loading the out-of-distribution guard…")
+def get_ood():
+    """The out-of-distribution guard, or ``None`` when it is not shipped."""
+    from core.inference import OODCheck
+
+    try:
+        return OODCheck()
+    except FileNotFoundError:
+        return None
+
+
 @st.cache_data(show_spinner=False)
 def model_names() -> list[str]:
     return available_models()
@@ -133,7 +144,7 @@ def label_badge(label: str) -> str:
 
 
 __all__ = [
-    "DISCLAIMER", "LABELS", "get_model", "model_names", "card", "metrics", "predictions", "history",
+    "DISCLAIMER", "LABELS", "get_model", "get_ood", "model_names", "card", "metrics", "predictions", "history",
     "all_predictions", "data_dir", "test_image", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint",
     "label_badge",
 ]

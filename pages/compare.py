@@ -59,7 +59,7 @@ both = ui.all_predictions()
 source = st.radio("Image", ["Test image by file name", "Upload"], horizontal=True, key="cmp_source")
 gray, caption = None, ""
 if source == "Upload":
-    upload = st.file_uploader("X-ray", type=["jpg", "jpeg", "png", "bmp", "tif", "tiff", "dcm"], key="cmp_upload")
+    upload = st.file_uploader("X-ray (JPEG, PNG, BMP, TIFF or DICOM)", key="cmp_upload")
     if upload is not None:
         try:
             gray, caption = load_grayscale(upload.getvalue(), filename=upload.name), upload.name

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from core.dicom import dicom_summary, is_dicom
 from core.gradcam import overlay
 from core.inference import label_for
 from core.preprocessing import ImageDecodeError, load_grayscale
 from pages import _ui as ui
 
-ACCEPTED = ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "dcm", "dicom"]
 CLASS_CHOICES = {"Evidence for pneumonia": "PNEUMONIA", "Evidence for normal": "NORMAL"}
 
 st.title("Diagnose a chest X-ray")
@@ -29,11 +29,14 @@ with st.sidebar:
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="dx_alpha")
     target = CLASS_CHOICES[st.radio("Grad-CAM explains", list(CLASS_CHOICES), key="dx_target")]
 
-uploads = st.file_uploader("Upload X-rays (JPEG, PNG, BMP, TIFF or DICOM)", type=ACCEPTED,
-                           accept_multiple_files=True, key="dx_upload")
+# No extension filter: every file reaches the decoder, which recognises content (not names) and
+# answers anything it cannot use with a specific message.
+uploads = st.file_uploader("Upload X-rays (JPEG, PNG, BMP, TIFF or DICOM)", accept_multiple_files=True,
+                           key="dx_upload")
 files: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
 
-sample_dir = ui.data_dir().parent / "samples_fullres" if ui.data_dir() else None
+root = ui.data_dir()
+sample_dir = root.parent / "samples_fullres" if root else None
 if sample_dir and sample_dir.is_dir():
     samples = sorted(p.name for p in sample_dir.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     sample = st.selectbox("…or try a sample X-ray from the dataset", ["—", *samples], key="dx_sample")
@@ -44,15 +47,24 @@ if not files:
     st.info("Upload one or more chest X-rays to see each model's probability of pneumonia and its Grad-CAM.")
     st.stop()
 
+limit_mb = st.get_option("server.maxUploadSize")
 models = {name: ui.get_model(name) for name in selected}
-results, errors = [], {}
+guard = ui.get_ood()
+results, errors, flagged, dicom_info = [], {}, {}, {}
 progress = st.progress(0.0, text="Scoring…") if len(files) > 1 else None
 for i, (filename, data) in enumerate(files):
     try:
+        if len(data) > limit_mb * 2**20:
+            raise ImageDecodeError(f"'{filename}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB.")
         gray = load_grayscale(data, filename=filename)
+        if is_dicom(data):
+            dicom_info[filename] = dicom_summary(data)
     except ImageDecodeError as exc:
         errors[filename] = str(exc)
     else:
+        check = guard(gray)[0] if guard else None
+        if check is not None and check.flagged:
+            flagged[filename] = check
         for model in models.values():
             results.append((filename, gray, model.diagnose_gray(gray)[0]))
     if progress:
@@ -67,19 +79,25 @@ if not results:
 
 if len(files) > 1:
     table = pd.DataFrame([
-        {"file": f, "model": d.model, "P(pneumonia)": round(d.probability, 4),
-         "threshold": thresholds[d.model], "label": label_for(d.probability, thresholds[d.model])}
+        {"file": f, "model": d.model, "P(pneumonia)": round(d.probability, 4), "threshold": thresholds[d.model],
+         "label": label_for(d.probability, thresholds[d.model]) if f not in flagged else "withheld: not like an X-ray"}
         for f, _, d in results
     ])
     st.subheader("All files")
     st.dataframe(table, hide_index=True, width="stretch")
     st.download_button("Download table (CSV)", table.to_csv(index=False).encode(), "diagnoses.csv", "text/csv",
                        key="dx_csv")
-    shown = st.selectbox("Show details for", sorted({f for f, _, _ in results}), key="dx_detail")
+    shown = st.selectbox("Show details for", list(dict.fromkeys(f for f, _, _ in results)), key="dx_detail")
 else:
     shown = results[0][0]
 
 st.subheader(shown)
+if shown in dicom_info:
+    st.caption(" · ".join(f"{k}: {v}" for k, v in dicom_info[shown].items()))
+if shown in flagged:
+    st.warning(flagged[shown].warning + " The diagnosis is withheld.")
+    if not st.checkbox("Show the models' output anyway", key=f"dx_ood_{shown}"):
+        st.stop()
 for filename, gray, d in [r for r in results if r[0] == shown]:
     label = label_for(d.probability, thresholds[d.model])
     heat = overlay(gray, d.heatmap(gray.shape, target), alpha=alpha)
