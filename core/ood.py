@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["OODGuard", "fit_guard", "load_guard", "feature_extractor", "GUARD_DIR"]
+__all__ = ["OODGuard", "fit_guard", "load_guard", "feature_extractor", "non_xray_images", "GUARD_DIR"]
 
 log = logging.getLogger(__name__)
 GUARD_DIR = "ood"
@@ -102,8 +102,65 @@ def load_guard(root: Path | None = None) -> OODGuard | None:
         return OODGuard(f["mean"], f["components"], f["variances"], float(f["residual_scale"]), float(f["cutoff"]))
 
 
+def non_xray_images(seed: int = 0) -> dict[str, np.ndarray]:
+    """Things that are not chest X-rays, as 2-D uint8 arrays: photographs (scikit-image),
+    noise, gradients and text. Used to measure how many the guard refuses."""
+    from PIL import Image, ImageDraw
+    from skimage import data
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in ("chelsea", "astronaut", "coffee", "camera", "rocket", "horse", "moon", "page", "text", "brick",
+                 "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "clock"):
+        img = np.asarray(getattr(data, name)())
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        out[f"photo:{name}"] = np.asarray(Image.fromarray(img.astype(np.uint8)).convert("L"))
+    out["noise:uniform"] = (rng.random((300, 300)) * 255).astype(np.uint8)
+    out["noise:gaussian"] = np.clip(rng.normal(128, 40, (300, 300)), 0, 255).astype(np.uint8)
+    out["noise:salt-pepper"] = (rng.random((300, 300)) > 0.5).astype(np.uint8) * 255
+    ramp = np.linspace(0, 255, 300)
+    out["gradient:horizontal"] = np.tile(ramp, (300, 1)).astype(np.uint8)
+    out["gradient:vertical"] = np.tile(ramp, (300, 1)).T.astype(np.uint8).copy()
+    out["gradient:radial"] = (255 * np.hypot(*np.mgrid[-1:1:300j, -1:1:300j]) / np.sqrt(2)).astype(np.uint8)
+    for name, (bg, fg) in {"text:document": (255, 0), "text:inverted": (0, 255)}.items():
+        canvas = Image.new("L", (400, 400), bg)
+        draw = ImageDraw.Draw(canvas)
+        for i in range(20):
+            draw.text((10, 10 + 19 * i), "Radiology report: no acute findings. " * 2, fill=fg)
+        out[name] = np.asarray(canvas)
+    canvas = Image.new("L", (400, 400), 0)
+    ImageDraw.Draw(canvas).text((140, 190), "CHEST X-RAY", fill=255)
+    out["text:label"] = np.asarray(canvas)
+    return out
+
+
+def report(data_dir=None) -> dict:
+    """Share of official test X-rays that pass and of non-X-ray images that are refused."""
+    from core.data import find_data_dir, list_split, load_images
+    from core.preprocessing import InputSpec, squash, to_model_input
+
+    guard, extract, spec = load_guard(), feature_extractor(), InputSpec()
+    gray = load_images(list_split(find_data_dir(data_dir), "test"))
+    scores = np.concatenate([guard.score(extract(to_model_input(gray[i : i + 64], spec)))
+                             for i in range(0, len(gray), 64)])
+    others = {k: float(guard.score(extract(to_model_input(squash(v), spec)[None]))[0])
+              for k, v in non_xray_images().items()}
+    return {
+        "cutoff": guard.cutoff,
+        "test_xrays": int(len(scores)),
+        "test_xrays_passing": float(np.mean(scores <= guard.cutoff)),
+        "non_xray_images": len(others),
+        "non_xray_refused": float(np.mean([s > guard.cutoff for s in others.values()])),
+        "non_xray_scores": others,
+        "lowest_non_xray_score": min(others.values()),
+        "highest_test_xray_score": float(scores.max()),
+    }
+
+
 def main(argv=None) -> int:
-    """``python -m core.ood [--data-dir D]``: fit the guard on the training split and save it."""
+    """``python -m core.ood [--data-dir D] [--report]``: fit the guard on the training split and
+    save it; with ``--report``, measure it instead (writes ``models/ood/report.json``)."""
     import argparse
 
     from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
@@ -113,8 +170,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.ood", description=main.__doc__)
     parser.add_argument("--data-dir")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--report", action="store_true", help="measure the shipped guard instead of fitting it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.report:
+        result = report(args.data_dir)
+        (models_dir() / GUARD_DIR / "report.json").write_text(json.dumps(result, indent=1) + "\n")
+        print(f"official test X-rays passing: {result['test_xrays_passing']:.1%} of {result['test_xrays']}; "
+              f"non-X-ray images refused: {result['non_xray_refused']:.1%} of {result['non_xray_images']}")
+        return 0
     train, val = split_train_val(list_split(find_data_dir(args.data_dir), "train"), 0.1, args.seed)
     extract, spec = feature_extractor(), InputSpec()
 

@@ -128,3 +128,18 @@ def test_dicom_summary_and_logs_hold_no_identifiers(caplog):
     assert summary["modality"] == "DX" and summary["view position"] == "AP" and summary["size"] == "260 × 300 px"
     text = json.dumps(summary) + caplog.text
     assert inputs.SECRET_ID not in text and "Doe" not in text and "20200101" not in text
+
+
+def test_dicom_compressed_rle_decodes():
+    import io
+
+    import pydicom
+    from pydicom.uid import RLELossless
+
+    ds = pydicom.dcmread(io.BytesIO(inputs.dicom()))
+    ds.compress(RLELossless)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    gray = decode_image(buf.getvalue(), "rle.dcm")
+    expected = (inputs.BASE - inputs.BASE.min()) / (inputs.BASE.max() - inputs.BASE.min()) * 255
+    assert np.abs(gray.astype(float) - expected).max() <= 1

@@ -1,0 +1,178 @@
+"""``python -m core.bench [--repeats N] [--out FILE] [--dashboard]``: how fast is a diagnosis?
+
+Measures in one process on this machine, after warm-up, medians and p95 over repeated runs:
+1. bare compiled forward pass, one image, per model;
+2. our diagnose path (decode -> preprocess -> probability + Grad-CAM -> heatmap), one image;
+3. the reference recipe (keras.io's Grad-CAM tutorial: ``model.predict``, then an eager
+   grad-model under ``GradientTape``) on the same model and image;
+4. scoring the 624 test images: our batched path vs a bare batched forward;
+5. resident memory after 20 and after 200 diagnoses;
+6. optionally (``--dashboard``) dashboard cold start to first result in headless Chromium.
+Prints a table with ratios and writes it as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["timeit", "rss_mb", "main"]
+
+
+def timeit(fn, repeats: int, warmup: int = 3) -> dict:
+    """Median and p95 wall time of ``fn()`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return {"median_ms": statistics.median(times), "p95_ms": float(np.percentile(times, 95)), "runs": repeats}
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process in MiB (Linux /proc; else peak RSS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _bare_forward(model):
+    import tensorflow as tf
+
+    shape = tuple(model.inputs[0].shape[1:])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False)
+    def forward(x):
+        return model(x, training=False)
+
+    return forward
+
+
+def bench_model(name: str, image_bytes: bytes, test_gray: np.ndarray, repeats: int) -> dict:
+    from core.gradcam import reference_gradcam
+    from core.inference import load_model
+    from core.preprocessing import load_grayscale, to_model_input
+
+    loaded = load_model(name)
+    model, spec = loaded.keras_model, loaded.spec
+    x = to_model_input(load_grayscale(image_bytes), spec)[None]
+    forward = _bare_forward(model)
+
+    def ours():
+        d = loaded.diagnose_bytes(image_bytes)
+        return d.heatmap((224, 224), d.label)
+
+    def reference():  # as the tutorial: predict, then the eager grad-model recipe
+        model.predict(x, verbose=0)
+        return reference_gradcam(model, x, loaded.card["gradcam_layer"])
+
+    row = {
+        "bare_forward": timeit(lambda: forward(x).numpy(), repeats),
+        "ours_diagnose": timeit(ours, repeats),
+        "reference_recipe": timeit(reference, max(5, repeats // 5)),
+    }
+    batches = [to_model_input(test_gray[i : i + 32], spec) for i in range(0, len(test_gray), 32)]
+    row["test_set_bare_s"] = timeit(lambda: [forward(b).numpy() for b in batches], 3, warmup=1)["median_ms"] / 1000
+    row["test_set_ours_s"] = timeit(lambda: loaded.diagnose_gray(test_gray, batch_size=32), 3, warmup=1)["median_ms"] / 1000
+    row["ours_over_bare"] = row["ours_diagnose"]["median_ms"] / row["bare_forward"]["median_ms"]
+    row["reference_over_ours"] = row["reference_recipe"]["median_ms"] / row["ours_diagnose"]["median_ms"]
+    row["test_set_ours_over_bare"] = row["test_set_ours_s"] / row["test_set_bare_s"]
+    return row
+
+
+def memory_growth(name: str, image_bytes: bytes) -> dict:
+    from core.inference import load_model
+
+    loaded = load_model(name)
+    for _ in range(20):
+        loaded.diagnose_bytes(image_bytes).heatmap((224, 224))
+    after_20 = rss_mb()
+    for _ in range(180):
+        loaded.diagnose_bytes(image_bytes).heatmap((224, 224))
+    after_200 = rss_mb()
+    return {"model": name, "rss_after_20_mb": after_20, "rss_after_200_mb": after_200,
+            "growth": after_200 / after_20 - 1}
+
+
+def dashboard_cold_start() -> dict:
+    """Server start to first result in headless Chromium (needs chromium + chromedriver)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_browser.py", "-k", "cold_start"]
+    root = Path(__file__).resolve().parents[1]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
+    path = root / "artifacts" / "browser" / "cold_start_seconds.json"
+    if proc.returncode != 0 or not path.exists():
+        return {"error": "browser run failed or was skipped", "wall_s": time.perf_counter() - start}
+    return json.loads(path.read_text())
+
+
+def _table(result: dict) -> str:
+    lines = ["| model | bare forward (ms) | ours: diagnose (ms) | reference recipe (ms) | ours / bare | reference / ours "
+             "| test set bare (s) | test set ours (s) | ours / bare |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in result["models"].items():
+        lines.append(
+            f"| {name} | {r['bare_forward']['median_ms']:.1f} (p95 {r['bare_forward']['p95_ms']:.1f}) | "
+            f"{r['ours_diagnose']['median_ms']:.1f} (p95 {r['ours_diagnose']['p95_ms']:.1f}) | "
+            f"{r['reference_recipe']['median_ms']:.1f} (p95 {r['reference_recipe']['p95_ms']:.1f}) | "
+            f"{r['ours_over_bare']:.2f}× | {r['reference_over_ours']:.1f}× | {r['test_set_bare_s']:.2f} | "
+            f"{r['test_set_ours_s']:.2f} | {r['test_set_ours_over_bare']:.2f}× |")
+    m = result["memory"]
+    lines.append("")
+    lines.append(f"Resident memory ({m['model']}): {m['rss_after_20_mb']:.0f} MiB after 20 diagnoses, "
+                 f"{m['rss_after_200_mb']:.0f} MiB after 200 ({m['growth']:+.1%}).")
+    if "dashboard" in result:
+        d = result["dashboard"]
+        lines.append(f"Dashboard: {d}")
+    lines.append(f"Machine: {result['machine']}.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/latest.json"))
+    parser.add_argument("--dashboard", action="store_true", help="also time dashboard cold start (browser)")
+    parser.add_argument("--data-dir")
+    args = parser.parse_args(argv)
+
+    from core.data import find_data_dir, list_split, load_images
+    from core.registry import available_models
+    from core.training import hardware
+
+    samples = list_split(find_data_dir(args.data_dir), "test")
+    image_bytes = samples[0].path.read_bytes()
+    test_gray = load_images(samples)
+    result = {"machine": f"{hardware()}; {platform.processor() or platform.machine()}; "
+                         f"{os.cpu_count()} logical CPUs", "image": samples[0].name, "models": {}}
+    for name in available_models():
+        result["models"][name] = bench_model(name, image_bytes, test_gray, args.repeats)
+    result["memory"] = memory_growth(available_models()[-1], image_bytes)
+    if args.dashboard:
+        result["dashboard"] = dashboard_cold_start()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(_table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
