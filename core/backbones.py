@@ -211,9 +211,10 @@ BACKBONES = {
     },
     "resnet50": {
         "builder": resnet50,
-        # keras' "caffe" mode: BGR minus ImageNet means; channels are identical grey here,
-        # so a single mean (of the three) is the honest summary. Std 1.
-        "preprocessing": {"channels": 3, "mean": 116.779, "std": 1.0},
+        # keras.applications.resnet50.preprocess_input ("caffe"): BGR order minus the ImageNet
+        # channel means, no scaling. Our grey image is the same in every channel, so only the
+        # per-channel means matter.
+        "preprocessing": {"channels": 3, "mean": (103.939, 116.779, 123.68), "std": 1.0},
         "gradcam_layer": "conv5_block3_out",
     },
 }

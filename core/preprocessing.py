@@ -47,13 +47,14 @@ class InputSpec:
     """How a model wants its input, as written in its card (``card["preprocessing"]``).
 
     The model input is ``(x - mean) / std`` of the 0-255 grayscale image resized to ``size``
-    and repeated to ``channels`` channels.
+    and repeated to ``channels`` channels; ``mean`` and ``std`` are one number or one per channel
+    (e.g. ResNet50's "caffe" BGR means).
     """
 
     size: tuple[int, int] = DATASET_SIZE
     channels: int = 3
-    mean: float = 127.0
-    std: float = 128.0
+    mean: float | tuple[float, ...] = 127.0
+    std: float | tuple[float, ...] = 128.0
     resize: str = "bilinear, aspect ratio not kept (as the dataset images)"
     colour: str = "grayscale repeated to every channel"
     notes: list[str] = field(default_factory=list)
@@ -62,17 +63,24 @@ class InputSpec:
     def from_card(cls, card: dict) -> InputSpec:
         p = dict(card["preprocessing"])
         p["size"] = tuple(p["size"])
+        for key in ("mean", "std"):
+            if isinstance(p.get(key), list):
+                p[key] = tuple(p[key])
         return cls(**p)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["size"] = list(self.size)
+        for key in ("mean", "std"):
+            if isinstance(d[key], tuple):
+                d[key] = list(d[key])
         return d
 
     @property
     def value_range(self) -> tuple[float, float]:
-        """Range of model inputs for pixel values 0..255."""
-        return (0 - self.mean) / self.std, (255 - self.mean) / self.std
+        """Range of model inputs for pixel values 0..255 (over all channels)."""
+        mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
+        return float(np.min((0 - mean) / std)), float(np.max((255 - mean) / std))
 
 
 def _refuse(message: str) -> ImageDecodeError:
@@ -181,8 +189,8 @@ def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
             gray = squash(gray, spec.size)
         else:
             gray = np.stack([squash(g, spec.size) for g in gray])
-    x = (gray.astype(np.float32) - spec.mean) / spec.std
-    return np.repeat(x[..., None], spec.channels, axis=-1)
+    x = np.repeat(gray.astype(np.float32)[..., None], spec.channels, axis=-1)
+    return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 
 
 def preprocess(data: bytes, spec: InputSpec, filename: str | None = None) -> np.ndarray:

@@ -131,6 +131,21 @@ def test_preprocess_is_decode_squash_normalise():
     assert np.array_equal(preprocess(data, spec), to_model_input(squash(BASE), spec))
 
 
-def test_spec_round_trips_through_a_card():
-    spec = InputSpec(size=(128, 96), channels=1, mean=0.0, std=255.0)
-    assert InputSpec.from_card({"preprocessing": spec.to_dict()}) == spec
+@pytest.mark.parametrize("spec", [InputSpec(size=(128, 96), channels=1, mean=0.0, std=255.0),
+                                  InputSpec(channels=3, mean=(103.939, 116.779, 123.68), std=1.0)])
+def test_spec_round_trips_through_a_card(spec):
+    import json
+
+    card = json.loads(json.dumps({"preprocessing": spec.to_dict()}))
+    assert InputSpec.from_card(card) == spec
+
+
+def test_resnet50_input_matches_keras_preprocess_input():
+    from keras.applications.resnet50 import preprocess_input
+
+    from core.models import input_spec_for
+
+    gray = squash(BASE)
+    ours = to_model_input(gray, input_spec_for("finetuned", "resnet50"))
+    theirs = preprocess_input(np.repeat(gray[..., None], 3, axis=-1).astype(np.float32))
+    assert np.allclose(ours, theirs, atol=1e-4)
