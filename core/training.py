@@ -70,10 +70,21 @@ def class_weights(labels) -> np.ndarray:
     return (len(labels) / (2.0 * counts)).astype(np.float32)
 
 
+def _outputs(model, gray, spec: InputSpec, batch_size=64) -> np.ndarray:
+    return np.asarray(model.predict(Batches(gray, np.zeros(len(gray)), spec, batch_size), verbose=0))
+
+
 def predict_arrays(model, gray, spec: InputSpec, batch_size=64) -> np.ndarray:
     """P(pneumonia) for uint8 grayscale images, batched."""
-    out = model.predict(Batches(gray, np.zeros(len(gray)), spec, batch_size), verbose=0)
-    return np.asarray(out, dtype=np.float64).reshape(-1)
+    return _outputs(model, gray, spec, batch_size).astype(np.float64).reshape(-1)
+
+
+def _compile(model, recipe: Recipe) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(recipe.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+    )
 
 
 def hardware() -> str:
@@ -144,11 +155,7 @@ def _fit_images(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir: Pa
         parts = [augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness,
                                recipe.contrast, recipe.seed)] if recipe.augment else []
         trainer = keras.Sequential([keras.Input((*spec.size, spec.channels)), *parts, inner], name="trainer")
-        trainer.compile(
-            optimizer=keras.optimizers.Adam(recipe.learning_rate),
-            loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
-            metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-        )
+        _compile(trainer, recipe)
     saved = state.get("callbacks") or [None, None]
     stoppers = [
         _restore(keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor,
@@ -174,7 +181,7 @@ def _fit_frozen_head(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_di
             f_tr, f_va = f["train"], f["val"]
     else:
         features = keras.Model(model.input, model.get_layer("avg_pool").output)
-        f_tr, f_va = _features(features, x_tr, spec), _features(features, x_va, spec)
+        f_tr, f_va = (_outputs(features, x, spec).astype(np.float32) for x in (x_tr, x_va))
         np.savez(run_dir / "features.tmp.npz", train=f_tr, val=f_va)
         (run_dir / "features.tmp.npz").replace(cached)
     head_in = keras.Input(f_tr.shape[1:])
@@ -182,11 +189,7 @@ def _fit_frozen_head(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_di
     logit = keras.layers.Dense(1)
     out = keras.layers.Activation("sigmoid")(logit(h))
     head = keras.Model(head_in, out)
-    head.compile(
-        optimizer=keras.optimizers.Adam(recipe.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
-    )
+    _compile(head, recipe)
     weights = class_weights(y_tr)[np.asarray(y_tr, int)] if recipe.class_weights else None
     best = keras.callbacks.EarlyStopping("val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True)
     lr = keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor, patience=recipe.reduce_lr_patience)
@@ -196,10 +199,6 @@ def _fit_frozen_head(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_di
     state["best_epoch"] = int(np.argmin(hist.history["val_loss"])) + 1
     model.get_layer("logit").set_weights(logit.get_weights())
     return model
-
-
-def _features(extractor, gray, spec):
-    return np.asarray(extractor.predict(Batches(gray, np.zeros(len(gray)), spec, 64), verbose=0), dtype=np.float32)
 
 
 def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bool = False) -> Path:

@@ -55,3 +55,27 @@ def test_recipes_are_complete():
     assert ft.trainable_top_layers == 41 and ft.init_from == "transfer"
     with pytest.raises(KeyError, match="Available"):
         get_recipe("resnet")
+
+
+def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
+    """The recipe chain on tiny data: frozen-backbone head, then fine-tuning from it."""
+    import keras
+
+    from core.registry import load_keras_model
+    from core.training import train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = _dataset(tmp_path / "chest_xray", n=16)
+    out = tmp_path / "models"
+    train(get_recipe("transfer").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    transfer_card = load_card("transfer", out)
+    assert transfer_card["trainable_parameters_in_training"] == 1281  # the head only
+    train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
+    card = load_card("finetuned", out)
+    assert card["initialised_from"] == {"model": "transfer", "sha256": transfer_card["weights_sha256"]}
+    before, after = load_keras_model("transfer", out), load_keras_model("finetuned", out)
+    changed = lambda layer: not np.allclose(before.get_layer(layer).get_weights()[0],  # noqa: E731
+                                            after.get_layer(layer).get_weights()[0])
+    assert changed("top_conv") and changed("logit")
+    assert not changed("stem_conv") and not changed("block5_project_conv")
+    assert isinstance(after.get_layer("top_bn"), keras.layers.BatchNormalization) and not changed("top_bn")
