@@ -24,16 +24,31 @@ def test_every_page_renders(page, shipped_models):
     assert at.title and not at.error
 
 
-def test_diagnose_scores_an_upload_with_every_model(shipped_models):
-    at = _app()
-    at.file_uploader(key="dx_upload").set_value(("chest.png", encode(xray_like(500, 420), "PNG"), "image/png"))
-    at.run()
+def _assert_diagnosed(at, n_models):
     assert not at.exception and not at.error
     shown = [m for m in at.metric if m.label == "P(pneumonia)"]
-    assert len(shown) == len(shipped_models)
-    assert all(m.value.endswith("%") for m in shown)
+    assert len(shown) == n_models and all(m.value.endswith("%") for m in shown)
     captions = [c for img in at.get("image") for c in img.captions]
-    assert sum("Grad-CAM" in c for c in captions) == len(shipped_models)
+    assert sum("Grad-CAM" in c for c in captions) == n_models
+
+
+def test_diagnose_scores_an_upload_with_every_model(shipped_models, samples_dir):
+    at = _app()
+    data = (samples_dir / "person1314_virus_2269.jpeg").read_bytes()
+    at.file_uploader(key="dx_upload").set_value(("chest.jpeg", data, "image/jpeg"))
+    at.run()
+    assert not at.warning
+    _assert_diagnosed(at, len(shipped_models))
+
+
+def test_diagnose_withholds_an_unusual_image_until_asked(shipped_models):
+    at = _app()
+    at.file_uploader(key="dx_upload").set_value(("drawing.png", encode(xray_like(500, 420), "PNG"), "image/png"))
+    at.run()
+    assert not at.exception and "does not look like" in at.warning[0].value
+    assert not [m for m in at.metric if m.label == "P(pneumonia)"]
+    at.checkbox(key="dx_ood_drawing.png").check().run()
+    _assert_diagnosed(at, len(shipped_models))
 
 
 def test_diagnose_reports_a_bad_file_and_scores_the_rest(shipped_models):

@@ -36,10 +36,20 @@ def test_json_lines_for_good_and_bad_files(files, shipped_models, tmp_path):
     assert len(scored) == 2 * len(shipped_models)
     assert {r["file"] for r in errors} == {str(bad), str(files / "missing.png")}
     for r in scored:
-        assert set(r) == {"file", "model", "probability", "label", "threshold"}
+        # generated pictures may be flagged by the out-of-distribution guard: two fields more
+        assert set(r) - {"ood", "warning"} == {"file", "model", "probability", "label", "threshold"}
+        assert r.get("ood", True) is True and ("ood" in r) == ("warning" in r)
         assert 0 <= r["probability"] <= 1 and r["model"] in shipped_models
         assert r["label"] == ("PNEUMONIA" if r["probability"] >= r["threshold"] else "NORMAL")
     assert len(list((tmp_path / "maps").glob("*.png"))) == 2 * len(shipped_models)
+
+
+def test_real_xray_lines_have_exactly_the_contract_fields(shipped_models, samples_dir):
+    proc = run_cli("--json", samples_dir / "IM-0027-0001.jpeg")
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["model"] for r in records] == shipped_models
+    assert all(set(r) == {"file", "model", "probability", "label", "threshold"} for r in records)
 
 
 def test_all_good_exits_zero_and_plain_text(files, shipped_models):
