@@ -143,7 +143,6 @@ def _expected_values(paths, names):
     return {str(p): [f"{m.diagnose_bytes(p.read_bytes()).probability:.1%}" for m in models] for p in paths}
 
 
-@pytest.mark.slow
 def test_eight_concurrent_sessions(server, shipped_models, xrays):
     """8 browsers upload at once; every one gets the result a lone session gets."""
     from concurrent.futures import ThreadPoolExecutor
