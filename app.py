@@ -2,6 +2,8 @@
 
 import streamlit as st
 
+from pages import _ui
+
 st.set_page_config(page_title="Pediatric pneumonia X-ray explorer", page_icon=":material/radiology:", layout="wide")
 
 pages = [
@@ -11,4 +13,6 @@ pages = [
     st.Page("pages/misclassified.py", title="Misclassified cases", icon=":material/search:"),
     st.Page("pages/models.py", title="Models", icon=":material/description:"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+_ui.NAVIGATION_DECLARED = True
+page.run()

@@ -15,6 +15,18 @@ from core import LABELS
 from core.data import find_data_dir
 from core.registry import available_models, models_dir
 
+# Set by app.py when it declares the navigation. Until some session has run app.py, Streamlit
+# serves a deep link (say /compare) the old way, straight from the pages/ folder, without our
+# navigation or page config; ensure_app() sends such a first visitor through app.py.
+NAVIGATION_DECLARED = False
+
+
+def ensure_app() -> None:
+    """Call first on every page: route a cold deep link through ``app.py``."""
+    if not NAVIGATION_DECLARED:
+        st.switch_page("app.py")
+
+
 DISCLAIMER = (
     "Research and teaching tool for pediatric AP chest X-rays from one centre. "
     "**Not a medical device**: it must not be used to diagnose or treat patients."
@@ -144,7 +156,7 @@ def label_badge(label: str) -> str:
 
 
 __all__ = [
-    "DISCLAIMER", "LABELS", "get_model", "get_ood", "model_names", "card", "metrics", "predictions", "history",
+    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "model_names", "card", "metrics", "predictions", "history",
     "all_predictions", "data_dir", "test_image", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint",
     "label_badge",
 ]

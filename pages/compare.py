@@ -12,6 +12,8 @@ from core.preprocessing import ImageDecodeError, load_grayscale
 from core.registry import models_dir
 from pages import _ui as ui
 
+ui.ensure_app()
+
 st.title("Compare models")
 names = ui.no_models_stop()
 

@@ -11,6 +11,8 @@ from core.inference import label_for
 from core.preprocessing import ImageDecodeError, load_grayscale
 from pages import _ui as ui
 
+ui.ensure_app()
+
 CLASS_CHOICES = {"Evidence for pneumonia": "PNEUMONIA", "Evidence for normal": "NORMAL"}
 
 st.title("Diagnose a chest X-ray")

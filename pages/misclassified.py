@@ -7,6 +7,8 @@ import streamlit as st
 from core.gradcam import overlay
 from pages import _ui as ui
 
+ui.ensure_app()
+
 PER_PAGE = 12
 
 st.title("Misclassified test cases")

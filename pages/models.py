@@ -7,6 +7,8 @@ import streamlit as st
 
 from pages import _ui as ui
 
+ui.ensure_app()
+
 st.title("Model cards")
 st.warning(
     "**Intended use and limitations.** Trained on pediatric (ages 1–5) anterior-posterior chest X-rays from one "

@@ -11,6 +11,8 @@ from sklearn.metrics import classification_report
 from core.evaluation import calibration_bins, metrics_at
 from pages import _ui as ui
 
+ui.ensure_app()
+
 st.title("Test-set metrics")
 names = ui.no_models_stop()
 name = st.selectbox("Model", names, index=len(names) - 1, key="tm_model")

@@ -189,3 +189,23 @@ def test_cold_start_to_first_result(shipped_models, xrays):
     (ARTIFACTS / "cold_start_seconds.json").write_text(json.dumps(
         {"server_start_s": round(server_up, 2), "first_upload_to_result_s": round(upload_s, 2),
          "cold_start_to_first_result_s": round(total, 2)}) + "\n")
+
+
+def test_cold_deep_link_gets_the_app_navigation(shipped_models):
+    """A fresh server whose first visitor opens /compare still shows our navigation, not pages/."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    proc, url = start_server()
+    driver = new_driver()
+    try:
+        driver.get(f"{url}/compare")
+        WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.XPATH, "//h1"))
+        nav = [a.text.splitlines()[-1] for a in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebarNav'] a")]
+        assert {"Diagnose", "Test metrics", "Compare models", "Misclassified cases", "Models"} <= set(nav), nav
+        assert "ui" not in nav and "app" not in nav
+        driver.get(f"{url}/compare")
+        WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.XPATH, "//h1[contains(., 'Compare models')]"))
+    finally:
+        driver.quit()
+        stop_server(proc)
