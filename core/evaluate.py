@@ -31,7 +31,9 @@ def evaluate_model(name: str, data_dir=None, root: Path | None = None) -> dict:
     root = root or models_dir()
     samples = list_split(find_data_dir(data_dir), "test")
     model = load_model(name, root)
-    probs = np.array([d.probability for d in model.diagnose_gray(load_images(samples))])
+    gray = load_images(samples)
+    diagnoses = model.diagnose_gray(gray)
+    probs = np.array([d.probability for d in diagnoses])
     labels = np.array([s.label for s in samples])
     folder = root / name
     with open(folder / "test_predictions.csv", "w", newline="") as f:
@@ -47,9 +49,42 @@ def evaluate_model(name: str, data_dir=None, root: Path | None = None) -> dict:
         "test_fingerprint": fingerprint(samples),
         "threshold_source": model.card["threshold_rule"],
         **full_report(labels, probs, model.threshold),
+        "gradcam": _gradcam_summary(diagnoses, model.threshold),
     }
     (folder / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _gradcam_summary(diagnoses, threshold: float) -> dict:
+    """Where the PNEUMONIA evidence sits, over test images called PNEUMONIA."""
+    from core.gradcam import central_share
+
+    shares = [central_share(d.heatmap((224, 224), "PNEUMONIA")) for d in diagnoses if d.probability >= threshold]
+    shares = [s for s in shares if np.isfinite(s)]
+    return {
+        "images": len(shares),
+        "central_third_share_mean": float(np.mean(shares)) if shares else None,
+        "meaning": "share of the pneumonia Grad-CAM mass in the central third of the image width "
+                   "(mediastinum and heart rather than lungs); a uniform map gives 0.333",
+    }
+
+
+def validation_summary(name: str, data_dir=None, root: Path | None = None) -> dict:
+    """Metrics on the model's own validation split (as recorded in its card); writes nothing."""
+    from sklearn.metrics import roc_auc_score
+
+    from core.data import find_data_dir, list_split, load_images, split_train_val
+    from core.evaluation import metrics_at
+    from core.inference import load_model
+
+    model = load_model(name, root)
+    cfg = model.card["config"]
+    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
+    diagnoses = model.diagnose_gray(load_images(val))
+    probs, labels = np.array([d.probability for d in diagnoses]), np.array([s.label for s in val])
+    return {"model": name, "split": "validation", "roc_auc": float(roc_auc_score(labels, probs)),
+            "at_card_threshold": metrics_at(labels, probs, model.threshold),
+            "gradcam": _gradcam_summary(diagnoses, model.threshold)}
 
 
 def main(argv=None) -> int:
@@ -57,6 +92,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__)
     parser.add_argument("--model", default="all", help="a model name or 'all'")
+    parser.add_argument("--split", choices=["test", "val"], default="test",
+                        help="'val': print validation metrics only (used to choose between runs); writes nothing")
     parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -65,10 +102,11 @@ def main(argv=None) -> int:
         print(f"Unknown model '{args.model}'. Available: {', '.join(names)}", file=sys.stderr)
         return 2
     for name in names if args.model == "all" else [args.model]:
-        r = evaluate_model(name, args.data_dir)
+        r = evaluate_model(name, args.data_dir) if args.split == "test" else validation_summary(name, args.data_dir)
         m = r["at_card_threshold"]
-        print(f"{name:10s} acc {m['accuracy']:.4f}  sens {m['sensitivity']:.4f}  spec {m['specificity']:.4f}  "
-              f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r['pr_auc']:.4f}  (threshold {m['threshold']:.4f})")
+        print(f"{name:10s} [{args.split}] acc {m['accuracy']:.4f}  sens {m['sensitivity']:.4f}  spec {m['specificity']:.4f}  "
+              f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r.get('pr_auc', float('nan')):.4f}  (threshold {m['threshold']:.4f})  "
+              f"Grad-CAM central share {r['gradcam']['central_third_share_mean']:.2f}")
     return 0
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "colourise",
     "overlay",
     "reference_gradcam",
+    "central_share",
 ]
 
 
@@ -104,6 +105,18 @@ def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4, colormap: st
     base = np.repeat(np.asarray(gray, np.float32)[..., None], 3, axis=-1)
     blended = (1 - alpha) * base + alpha * colourise(heat, colormap).astype(np.float32)
     return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def central_share(heat: np.ndarray) -> float:
+    """Share of a heatmap's mass in the central third of the image width.
+
+    On an AP chest film that band holds the mediastinum and heart rather than the lungs; a
+    uniform map gives 1/3. ``nan`` for an all-zero map.
+    """
+    heat = np.asarray(heat, np.float64)
+    total = heat.sum()
+    w = heat.shape[1]
+    return float(heat[:, w // 3 : w - w // 3].sum() / total) if total > 0 else float("nan")
 
 
 def reference_gradcam(model, img_array, last_conv_layer_name, pred_index=None):

@@ -13,6 +13,7 @@ from core.backbones import BACKBONES, build_backbone
 from core.preprocessing import InputSpec
 
 __all__ = [
+    "CentralBandErasing",
     "GRADCAM_LAYERS",
     "baseline",
     "transfer",
@@ -122,9 +123,40 @@ def build_model(kind: str, backbone: str | None = "efficientnet_lite0", input_si
     raise ValueError(f"Unknown model kind {kind!r}. Available: baseline, transfer, finetuned")
 
 
-def augmentation(spec: InputSpec, rotation_deg=10.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.0, seed=42):
+@keras.saving.register_keras_serializable(package="pneumonia")
+class CentralBandErasing(layers.Layer):
+    """Training only: with ``probability``, blank the central third of the image width.
+
+    On an AP chest film that band is the mediastinum and heart; hiding it now and then makes
+    a model look for evidence in the lung fields. Identity at inference.
+    """
+
+    def __init__(self, probability=0.5, fill_value=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.probability, self.fill_value, self.seed = probability, fill_value, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=False):
+        if not training:
+            return x
+        width = keras.ops.shape(x)[2]
+        cols = keras.ops.arange(width)
+        band = keras.ops.logical_and(cols >= width // 3, cols < width - width // 3)
+        erase = keras.random.uniform((keras.ops.shape(x)[0],), seed=self.seed_generator) < self.probability
+        mask = keras.ops.logical_and(erase[:, None, None, None], band[None, None, :, None])
+        return keras.ops.where(mask, keras.ops.cast(self.fill_value, x.dtype), x)
+
+    def get_config(self):
+        return {**super().get_config(), "probability": self.probability, "fill_value": self.fill_value,
+                "seed": self.seed}
+
+
+def augmentation(spec: InputSpec, rotation_deg=10.0, shift=0.1, zoom=0.1, brightness=0.1, contrast=0.0,
+                 central_erasing=0.0, seed=42):
     """Training-time augmentation as Keras preprocessing layers (identity at inference)."""
     extra = [layers.RandomContrast(contrast, value_range=spec.value_range, seed=seed)] if contrast else []
+    if central_erasing:
+        extra.append(CentralBandErasing(central_erasing, spec.value_range[0], seed=seed))
     return keras.Sequential(
         [
             layers.RandomRotation(rotation_deg / 360.0, fill_mode="constant", fill_value=spec.value_range[0], seed=seed),

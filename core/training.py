@@ -153,7 +153,7 @@ def _fit_images(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir: Pa
     else:
         inner = model
         parts = [augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness,
-                               recipe.contrast, recipe.seed)] if recipe.augment else []
+                               recipe.contrast, recipe.central_erasing, recipe.seed)] if recipe.augment else []
         trainer = keras.Sequential([keras.Input((*spec.size, spec.channels)), *parts, inner], name="trainer")
         _compile(trainer, recipe)
     saved = state.get("callbacks") or [None, None]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from core.gradcam import GradCam, class_map, colourise, normalise, overlay, reference_gradcam, upsample
+from core.gradcam import GradCam, central_share, class_map, colourise, normalise, overlay, reference_gradcam, upsample
 from core.models import baseline
 from tests.conftest import xray_like
 
@@ -134,3 +134,11 @@ def test_shipped_models_fast_path_equals_keras_io_recipe(shipped_models, data_di
                 assert np.abs(ours - np.nan_to_num(ref)).max() < 1e-4, (name, s.name)
                 compared += 1
     assert compared >= len(shipped_models)
+
+
+def test_central_share():
+    assert central_share(np.ones((6, 9))) == pytest.approx(1 / 3)
+    centre = np.zeros((6, 9))
+    centre[:, 3:6] = 1
+    assert central_share(centre) == 1.0
+    assert np.isnan(central_share(np.zeros((4, 4))))
