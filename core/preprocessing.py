@@ -123,7 +123,12 @@ def decode_image(data: bytes, filename: str | None = None) -> np.ndarray:
     if not data:
         raise _refuse(f"{name} is empty (0 bytes).")
     if is_dicom(data):
-        arr = decode_dicom(data, filename)
+        try:
+            arr = decode_dicom(data, filename)
+        except ImageDecodeError:
+            raise
+        except Exception as exc:  # untrusted input: any decoder failure is the file's fault
+            raise _refuse(f"{name} is a DICOM file whose image cannot be decoded ({type(exc).__name__}).") from None
         _check_geometry(arr, name)
         return arr
     try:
@@ -154,6 +159,8 @@ def decode_image(data: bytes, filename: str | None = None) -> np.ndarray:
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise _refuse(f"{name} looks damaged or truncated and cannot be decoded ({exc}).") from None
+    except Exception as exc:  # untrusted input: decoders raise odd types (struct.error, IndexError…)
+        raise _refuse(f"{name} looks damaged and cannot be decoded ({type(exc).__name__}).") from None
     _check_geometry(arr, name)
     return arr
 

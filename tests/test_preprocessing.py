@@ -149,3 +149,20 @@ def test_resnet50_input_matches_keras_preprocess_input():
     ours = to_model_input(gray, input_spec_for("finetuned", "resnet50"))
     theirs = preprocess_input(np.repeat(gray[..., None], 3, axis=-1).astype(np.float32))
     assert np.allclose(ours, theirs, atol=1e-4)
+
+
+def test_random_bytes_never_escape_as_other_errors():
+    """Fuzz: mangled real files raise ImageDecodeError or decode; nothing else."""
+    rng = np.random.default_rng(0)
+    seeds = [encode(BASE, "PNG"), encode(BASE, "JPEG"), encode(BASE, "BMP"), encode(BASE, "TIFF"), encode(BASE, "GIF")]
+    for i in range(150):
+        data = bytearray(seeds[i % len(seeds)])
+        for _ in range(rng.integers(1, 20)):
+            data[rng.integers(0, len(data))] = rng.integers(0, 256)
+        if i % 3 == 0:
+            data = data[: rng.integers(1, len(data))]
+        try:
+            gray = decode_image(bytes(data), "fuzz.bin")
+        except ImageDecodeError:
+            continue
+        assert gray.dtype == np.uint8 and gray.ndim == 2
