@@ -16,6 +16,20 @@ st.warning(
     "scanners. Validation accuracy overstates test accuracy on this data. **Not a medical device.**"
 )
 names = ui.no_models_stop()
+
+
+def augmentation_text(cfg: dict) -> str:
+    if not cfg["augment"]:
+        return "off"
+    parts = [f"rotation ±{cfg['rotation_deg']:g}°", f"shift {cfg['shift']:g}", f"zoom {cfg['zoom']:g}",
+             f"brightness {cfg['brightness']:g}"]
+    if cfg.get("contrast"):
+        parts.append(f"contrast {cfg['contrast']:g}")
+    if cfg.get("central_erasing"):
+        parts.append(f"central-band erasing p={cfg['central_erasing']:g}")
+    return ", ".join(parts)
+
+
 for tab, name in zip(st.tabs(names), names, strict=False):
     card = ui.card(name)
     cfg, data = card["config"], card["data"]
@@ -57,6 +71,10 @@ for tab, name in zip(st.tabs(names), names, strict=False):
                 c[0].metric("ROC AUC", f"{report['roc_auc']:.3f}")
                 c[1].metric("Accuracy", f"{tm['accuracy']:.3f}")
                 c[2].metric("Specificity", f"{tm['specificity']:.3f}")
+                cam = report.get("gradcam", {})
+                if cam.get("central_third_share_mean") is not None:
+                    st.caption(f"Grad-CAM: {cam['central_third_share_mean']:.0%} of the pneumonia evidence lies in the "
+                               "central third of the image (mediastinum and heart); a uniform map would put 33 % there.")
         hist = ui.history(name)
         if hist is not None and len(hist):
             cols = st.columns(2)

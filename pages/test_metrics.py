@@ -59,7 +59,7 @@ with left:
     fig = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
     fig.update_layout(xaxis_title="Predicted label", yaxis_title="True label", height=340, coloraxis_showscale=False)
     st.plotly_chart(fig, key="tm_cm")
-    st.dataframe(matrix, key="tm_cm_table")
+    st.dataframe(matrix, key="tm_cm_table", width="stretch")
 with right:
     st.subheader("Classification report")
     pred = (df.probability >= threshold).astype(int)
