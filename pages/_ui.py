@@ -12,7 +12,7 @@ import streamlit as st
 from PIL import Image
 
 from core import LABELS
-from core.data import find_data_dir
+from core.data import DatasetNotFoundError, find_data_dir
 from core.registry import available_models, models_dir
 
 # Set by app.py when it declares the navigation. Until some session has run app.py, Streamlit
@@ -98,7 +98,11 @@ def all_predictions() -> pd.DataFrame | None:
 
 
 def data_dir():
-    return find_data_dir(required=False)
+    """The dataset folder, or ``None`` when it is absent or the setting points nowhere useful."""
+    try:
+        return find_data_dir(required=False)
+    except DatasetNotFoundError:
+        return None
 
 
 @st.cache_data(show_spinner=False, max_entries=256)

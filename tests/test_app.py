@@ -95,3 +95,10 @@ def test_misclassified_counts_match_the_predictions(shipped_models):
     fn = int(((df.y == 1) & (df.probability < threshold)).sum())
     text = " ".join(m.value for m in at.markdown)
     assert f"{fp} false positives" in text and f"{fn} false negatives" in text
+
+
+def test_misclassified_without_the_dataset_explains_and_keeps_the_table(shipped_models, monkeypatch, tmp_path):
+    monkeypatch.setenv("PNEUMONIA_DATA_DIR", str(tmp_path / "nowhere"))
+    at = _app("pages/misclassified.py")
+    assert any("PNEUMONIA_DATA_DIR" in i.value for i in at.info)
+    assert any("filename" in d.value.columns for d in at.dataframe)
