@@ -18,6 +18,14 @@ st.warning(
 names = ui.no_models_stop()
 
 
+def metric_row(title: str, roc_auc: float, m: dict) -> None:
+    st.markdown(title)
+    cols = st.columns(4)
+    for col, (label, value) in zip(cols, [("ROC AUC", roc_auc), ("Accuracy", m["accuracy"]),
+                                          ("Sensitivity", m["sensitivity"]), ("Specificity", m["specificity"])]):
+        col.metric(label, f"{value:.3f}")
+
+
 def augmentation_text(cfg: dict) -> str:
     if not cfg["augment"]:
         return "off"
@@ -57,20 +65,11 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 | Weights | `model.keras`, sha256 `{card['weights_sha256'][:16]}…` |
 """)
         with right:
-            vm = card["val_metrics"]
-            st.markdown("**Validation** (used to choose the threshold)")
-            c = st.columns(3)
-            c[0].metric("ROC AUC", f"{vm['roc_auc']:.3f}")
-            c[1].metric("Sensitivity", f"{vm['sensitivity']:.3f}")
-            c[2].metric("Specificity", f"{vm['specificity']:.3f}")
+            metric_row("**Validation** (used to choose the threshold)", card["val_metrics"]["roc_auc"],
+                       card["val_metrics"])
             report = ui.metrics(name)
             if report:
-                tm = report["at_card_threshold"]
-                st.markdown("**Official test set**")
-                c = st.columns(3)
-                c[0].metric("ROC AUC", f"{report['roc_auc']:.3f}")
-                c[1].metric("Accuracy", f"{tm['accuracy']:.3f}")
-                c[2].metric("Specificity", f"{tm['specificity']:.3f}")
+                metric_row("**Official test set**", report["roc_auc"], report["at_card_threshold"])
                 cam = report.get("gradcam", {})
                 if cam.get("central_third_share_mean") is not None:
                     st.caption(f"Grad-CAM: {cam['central_third_share_mean']:.0%} of the pneumonia evidence lies in the "
