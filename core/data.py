@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
@@ -24,6 +25,8 @@ __all__ = [
     "split_train_val",
     "fingerprint",
     "load_images",
+    "Batches",
+    "class_weights",
 ]
 
 DATA_ENV = "PNEUMONIA_DATA_DIR"
@@ -133,6 +136,43 @@ def fingerprint(samples: list[Sample]) -> str:
     for s in sorted(samples, key=lambda s: (s.label, s.name)):
         digest.update(f"{s.label}/{s.name}/{s.path.stat().st_size}\n".encode())
     return digest.hexdigest()[:16]
+
+
+class Batches(keras.utils.PyDataset):
+    """Batches of model inputs from uint8 grayscale images, optionally with sample weights."""
+
+    def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, **kw):
+        super().__init__(**kw)
+        self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
+        self.batch_size, self.shuffle, self.weights = batch_size, shuffle, weights
+        self._rng = np.random.default_rng(seed)
+        self._order = np.arange(len(gray))
+        if shuffle:
+            self._rng.shuffle(self._order)
+
+    def __len__(self):
+        return int(np.ceil(len(self.gray) / self.batch_size))
+
+    def __getitem__(self, i):
+        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        from core.preprocessing import to_model_input
+
+        x = to_model_input(self.gray[idx], self.spec)
+        y = self.labels[idx][:, None]
+        if self.weights is None:
+            return x, y
+        return x, y, self.weights[self.labels[idx].astype(int)]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self._rng.shuffle(self._order)
+
+
+def class_weights(labels) -> np.ndarray:
+    """Balanced class weights ``n / (2 * n_c)`` indexed by label."""
+    labels = np.asarray(labels).astype(int)
+    counts = np.bincount(labels, minlength=2)
+    return (len(labels) / (2.0 * counts)).astype(np.float32)
 
 
 def load_images(samples: list[Sample], size: tuple[int, int] = (224, 224)) -> np.ndarray:

@@ -24,50 +24,15 @@ import numpy as np
 from core import LABELS
 from core.backbones import cache_dir
 from core.config import Recipe
-from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
+from core.data import Batches, class_weights, find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import choose_threshold, metrics_at
 from core.models import GRADCAM_LAYERS, augmentation, build_model, input_spec_for
-from core.preprocessing import InputSpec, to_model_input
+from core.preprocessing import InputSpec
 from core.registry import load_keras_model, models_dir, sha256_file, write_card
 
-__all__ = ["Batches", "train", "predict_arrays", "class_weights", "hardware"]
+__all__ = ["train", "predict_arrays", "hardware"]
 
 log = logging.getLogger(__name__)
-
-
-class Batches(keras.utils.PyDataset):
-    """Batches of model inputs from uint8 grayscale images, optionally with sample weights."""
-
-    def __init__(self, gray, labels, spec: InputSpec, batch_size=32, shuffle=False, weights=None, seed=0, **kw):
-        super().__init__(**kw)
-        self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
-        self.batch_size, self.shuffle, self.weights = batch_size, shuffle, weights
-        self._rng = np.random.default_rng(seed)
-        self._order = np.arange(len(gray))
-        if shuffle:
-            self._rng.shuffle(self._order)
-
-    def __len__(self):
-        return int(np.ceil(len(self.gray) / self.batch_size))
-
-    def __getitem__(self, i):
-        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = to_model_input(self.gray[idx], self.spec)
-        y = self.labels[idx][:, None]
-        if self.weights is None:
-            return x, y
-        return x, y, self.weights[self.labels[idx].astype(int)]
-
-    def on_epoch_end(self):
-        if self.shuffle:
-            self._rng.shuffle(self._order)
-
-
-def class_weights(labels) -> np.ndarray:
-    """Balanced class weights ``n / (2 * n_c)`` indexed by label."""
-    labels = np.asarray(labels).astype(int)
-    counts = np.bincount(labels, minlength=2)
-    return (len(labels) / (2.0 * counts)).astype(np.float32)
 
 
 def _outputs(model, gray, spec: InputSpec, batch_size=64) -> np.ndarray:

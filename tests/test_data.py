@@ -106,3 +106,25 @@ def test_shipped_cards_record_the_split_we_compute(data_dir, shipped_models):
 def test_sample_properties():
     s = Sample(Path("/x/PNEUMONIA/person3_virus_9.jpeg"), 1)
     assert (s.name, s.patient, s.label) == ("person3_virus_9.jpeg", "person3", 1)
+
+
+def test_class_weights_by_hand():
+    from core.data import class_weights
+
+    assert np.allclose(class_weights([0, 1, 1, 1]), [4 / 2, 4 / 6])
+
+
+def test_batches_shapes_weights_and_shuffle():
+    from core.data import Batches
+    from core.preprocessing import InputSpec
+
+    gray = np.stack([np.full((224, 224), i, np.uint8) for i in range(10)])
+    labels = np.array([0, 1] * 5)
+    weights = np.array([2.0, 0.5], np.float32)
+    batches = Batches(gray, labels, InputSpec(), batch_size=4, shuffle=True, weights=weights, seed=1)
+    assert len(batches) == 3
+    x, y, w = batches[0]
+    assert x.shape == (4, 224, 224, 3) and y.shape == (4, 1)
+    assert np.array_equal(w, weights[y[:, 0].astype(int)])
+    seen = np.concatenate([batches[i][0][:, 0, 0, 0] for i in range(3)]) * 128 + 127
+    assert sorted(np.round(seen).astype(int)) == list(range(10)) and list(np.round(seen)) != list(range(10))
