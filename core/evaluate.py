@@ -56,16 +56,22 @@ def evaluate_model(name: str, data_dir=None, root: Path | None = None) -> dict:
 
 
 def _gradcam_summary(diagnoses, threshold: float) -> dict:
-    """Where the PNEUMONIA evidence sits, over test images called PNEUMONIA."""
-    from core.gradcam import central_share
+    """Where the PNEUMONIA evidence sits, over images the model calls PNEUMONIA."""
+    from core.gradcam import border_share, central_share
 
-    shares = [central_share(d.heatmap((224, 224), "PNEUMONIA")) for d in diagnoses if d.probability >= threshold]
-    shares = [s for s in shares if np.isfinite(s)]
+    heats = [d.heatmap((224, 224), "PNEUMONIA") for d in diagnoses if d.probability >= threshold]
+    heats = [h for h in heats if h.sum() > 0]
+
+    def mean(fn):
+        return float(np.mean([fn(h) for h in heats])) if heats else None
+
     return {
-        "images": len(shares),
-        "central_third_share_mean": float(np.mean(shares)) if shares else None,
+        "images": len(heats),
+        "central_third_share_mean": mean(central_share),
+        "border_share_mean": mean(border_share),
         "meaning": "share of the pneumonia Grad-CAM mass in the central third of the image width "
-                   "(mediastinum and heart rather than lungs); a uniform map gives 0.333",
+                   "(mediastinum and heart; a uniform map gives 0.333) and in the top 12 % / outer 8 % "
+                   "borders (shoulders, corners, labels; a uniform map gives 0.26)",
     }
 
 
@@ -106,7 +112,8 @@ def main(argv=None) -> int:
         m = r["at_card_threshold"]
         print(f"{name:10s} [{args.split}] acc {m['accuracy']:.4f}  sens {m['sensitivity']:.4f}  spec {m['specificity']:.4f}  "
               f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r.get('pr_auc', float('nan')):.4f}  (threshold {m['threshold']:.4f})  "
-              f"Grad-CAM central share {r['gradcam']['central_third_share_mean']:.2f}")
+              f"Grad-CAM central share {r['gradcam']['central_third_share_mean']:.2f}, "
+              f"border share {r['gradcam']['border_share_mean']:.3f}")
     return 0
 
 

@@ -21,6 +21,7 @@ __all__ = [
     "overlay",
     "reference_gradcam",
     "central_share",
+    "border_share",
 ]
 
 
@@ -117,6 +118,18 @@ def central_share(heat: np.ndarray) -> float:
     total = heat.sum()
     w = heat.shape[1]
     return float(heat[:, w // 3 : w - w // 3].sum() / total) if total > 0 else float("nan")
+
+
+def border_share(heat: np.ndarray, top: float = 0.12, side: float = 0.08) -> float:
+    """Share of a heatmap's mass in the top ``top`` of the rows or the outer ``side`` of the
+    columns on either side: shoulders, image corners and burnt-in labels, not lungs."""
+    heat = np.asarray(heat, np.float64)
+    total = heat.sum()
+    if total <= 0:
+        return float("nan")
+    h, w = heat.shape
+    inner = heat[int(top * h) :, int(side * w) : w - int(side * w)].sum()
+    return float((total - inner) / total)
 
 
 def reference_gradcam(model, img_array, last_conv_layer_name, pred_index=None):

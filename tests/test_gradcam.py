@@ -4,7 +4,17 @@ import keras
 import numpy as np
 import pytest
 
-from core.gradcam import GradCam, central_share, class_map, colourise, normalise, overlay, reference_gradcam, upsample
+from core.gradcam import (
+    GradCam,
+    border_share,
+    central_share,
+    class_map,
+    colourise,
+    normalise,
+    overlay,
+    reference_gradcam,
+    upsample,
+)
 from core.models import baseline
 from tests.conftest import xray_like
 
@@ -142,3 +152,12 @@ def test_central_share():
     centre[:, 3:6] = 1
     assert central_share(centre) == 1.0
     assert np.isnan(central_share(np.zeros((4, 4))))
+
+
+def test_border_share():
+    uniform = np.ones((100, 100))
+    assert border_share(uniform) == pytest.approx(1 - 0.88 * 0.84)
+    inner = np.zeros((100, 100))
+    inner[50:60, 40:60] = 1
+    assert border_share(inner) == 0.0
+    assert np.isnan(border_share(np.zeros((5, 5))))
