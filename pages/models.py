@@ -72,8 +72,10 @@ for tab, name in zip(st.tabs(names), names, strict=False):
                 metric_row("**Official test set**", report["roc_auc"], report["at_card_threshold"])
                 cam = report.get("gradcam", {})
                 if cam.get("central_third_share_mean") is not None:
-                    st.caption(f"Grad-CAM: {cam['central_third_share_mean']:.0%} of the pneumonia evidence lies in the "
-                               "central third of the image (mediastinum and heart); a uniform map would put 33 % there.")
+                    st.caption(f"Grad-CAM on test images called pneumonia: {cam['central_third_share_mean']:.0%} of the "
+                               "evidence lies in the central third of the width (mediastinum and heart; a uniform map "
+                               f"puts 33 % there) and {cam.get('border_share_mean') or 0:.0%} on the top and side "
+                               "borders (shoulders, corners, labels; uniform: 26 %).")
         hist = ui.history(name)
         if hist is not None and len(hist):
             cols = st.columns(2)
