@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+BATCH = 32  # files decoded and scored together
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,6 +58,7 @@ def main(argv=None) -> int:
         parser.error(f"unknown model '{args.model}'. Available: {', '.join(names) or 'none'}")
     selected = names if args.model == "all" else [args.model]
 
+    import numpy as np
     from PIL import Image
 
     from core.gradcam import overlay
@@ -68,25 +70,35 @@ def main(argv=None) -> int:
     if args.heatmap_dir:
         args.heatmap_dir.mkdir(parents=True, exist_ok=True)
     status = EXIT_OK
-    for index, path in enumerate(args.files):
-        try:
-            gray = load_grayscale(_read(path), filename=Path(path).name)
-        except ImageDecodeError as exc:
-            status = EXIT_REFUSED
-            _emit(args.json, {"file": path, "error": str(exc)})
-            continue
-        check = ood(gray)[0] if ood else None
-        for model in models:
-            d = model.diagnose_gray(gray)[0]
-            record = {"file": path, "model": model.name, "probability": round(d.probability, 6),
-                      "label": d.label, "threshold": round(d.threshold, 6)}
-            if check is not None and check.flagged:
-                record.update(ood=True, warning=check.warning)
-            _emit(args.json, record)
-            if args.heatmap_dir:
-                heat = d.heatmap(gray.shape, d.label)
-                out = args.heatmap_dir / f"{index:03d}_{Path(path).stem}_{model.name}.png"
-                Image.fromarray(overlay(gray, heat)).save(out)
+    numbered = list(enumerate(args.files))
+    for start in range(0, len(numbered), BATCH):
+        decoded = []  # (index, path, gray or None, error or None), in the order given
+        for index, path in numbered[start : start + BATCH]:
+            try:
+                decoded.append((index, path, load_grayscale(_read(path), filename=Path(path).name), None))
+            except ImageDecodeError as exc:
+                decoded.append((index, path, None, str(exc)))
+        good = [gray for _, _, gray, _ in decoded if gray is not None]
+        batch = np.stack(good) if good else None
+        checks = ood(batch) if ood is not None and good else [None] * len(good)
+        readings = {model.name: model.diagnose_gray(batch) for model in models} if good else {}
+        k = 0
+        for index, path, gray, error in decoded:
+            if error is not None:
+                status = EXIT_REFUSED
+                _emit(args.json, {"file": path, "error": error})
+                continue
+            for model in models:
+                d = readings[model.name][k]
+                record = {"file": path, "model": model.name, "probability": round(d.probability, 6),
+                          "label": d.label, "threshold": round(d.threshold, 6)}
+                if checks[k] is not None and checks[k].flagged:
+                    record.update(ood=True, warning=checks[k].warning)
+                _emit(args.json, record)
+                if args.heatmap_dir:
+                    out = args.heatmap_dir / f"{index:03d}_{Path(path).stem}_{model.name}.png"
+                    Image.fromarray(overlay(gray, d.heatmap(gray.shape, d.label))).save(out)
+            k += 1
     return status
 
 

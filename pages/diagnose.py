@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -45,6 +46,13 @@ if sample_dir and sample_dir.is_dir():
     if sample != "—":
         files.append((sample, (sample_dir / sample).read_bytes()))
 
+# the same name twice (two folders, one file name) must not merge two patients' results
+seen: dict[str, int] = {}
+for i, (filename, data) in enumerate(files):
+    seen[filename] = seen.get(filename, 0) + 1
+    if seen[filename] > 1:
+        files[i] = (f"{filename} ({seen[filename]})", data)
+
 if not files:
     st.info("Upload one or more chest X-rays to see each model's probability of pneumonia and its Grad-CAM.")
     st.stop()
@@ -52,25 +60,30 @@ if not files:
 limit_mb = st.get_option("server.maxUploadSize")
 models = {name: ui.get_model(name) for name in selected}
 guard = ui.get_ood()
-results, errors, flagged, dicom_info = [], {}, {}, {}
-progress = st.progress(0.0, text="Scoring…") if len(files) > 1 else None
+decoded, errors, flagged, dicom_info = {}, {}, {}, {}
+progress = st.progress(0.0, text="Reading files…") if len(files) > 1 else None
 for i, (filename, data) in enumerate(files):
     try:
         if len(data) > limit_mb * 2**20:
             raise ImageDecodeError(f"'{filename}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB.")
-        gray = load_grayscale(data, filename=filename)
+        decoded[filename] = load_grayscale(data, filename=filename)
         if is_dicom(data):
             dicom_info[filename] = dicom_summary(data)
     except ImageDecodeError as exc:
         errors[filename] = str(exc)
-    else:
-        check = guard(gray)[0] if guard else None
-        if check is not None and check.flagged:
-            flagged[filename] = check
-        for model in models.values():
-            results.append((filename, gray, model.diagnose_gray(gray)[0]))
     if progress:
-        progress.progress((i + 1) / len(files), text=f"Scored {i + 1} of {len(files)}")
+        progress.progress((i + 1) / (len(files) + len(models)), text=f"Read {i + 1} of {len(files)} files")
+results = []
+if decoded:
+    batch = np.stack(list(decoded.values()))
+    if guard is not None:
+        flagged = {f: c for f, c in zip(decoded, guard(batch)) if c.flagged}
+    readings = {}
+    for j, (name, model) in enumerate(models.items()):
+        readings[name] = model.diagnose_gray(batch)  # one batched call per model
+        if progress:
+            progress.progress((len(files) + j + 1) / (len(files) + len(models)), text=f"Scored with {name}")
+    results = [(f, gray, readings[name][k]) for k, (f, gray) in enumerate(decoded.items()) for name in models]
 if progress:
     progress.empty()
 

@@ -102,3 +102,15 @@ def test_misclassified_without_the_dataset_explains_and_keeps_the_table(shipped_
     at = _app("pages/misclassified.py")
     assert any("PNEUMONIA_DATA_DIR" in i.value for i in at.info)
     assert any("filename" in d.value.columns for d in at.dataframe)
+
+
+def test_two_uploads_with_one_name_stay_apart(shipped_models, samples_dir):
+    at = _app()
+    a = (samples_dir / "IM-0061-0001.jpeg").read_bytes()
+    b = (samples_dir / "person1314_virus_2269.jpeg").read_bytes()
+    at.file_uploader(key="dx_upload").set_value([("scan.jpeg", a, "image/jpeg"), ("scan.jpeg", b, "image/jpeg")])
+    at.run()
+    table = next(d.value for d in at.dataframe if "P(pneumonia)" in d.value.columns)
+    assert set(table["file"]) == {"scan.jpeg", "scan.jpeg (2)"} and len(table) == 2 * len(shipped_models)
+    finetuned = table[table.model == shipped_models[-1]].set_index("file")["P(pneumonia)"]
+    assert finetuned["scan.jpeg"] != finetuned["scan.jpeg (2)"]
