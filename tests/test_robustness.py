@@ -143,3 +143,24 @@ def test_dicom_compressed_rle_decodes():
     gray = decode_image(buf.getvalue(), "rle.dcm")
     expected = (inputs.BASE - inputs.BASE.min()) / (inputs.BASE.max() - inputs.BASE.min()) * 255
     assert np.abs(gray.astype(float) - expected).max() <= 1
+
+
+def test_diagnose_page_reads_a_real_xray_sent_as_dicom(shipped_models, samples_dir):
+    """A chest X-ray exported as MONOCHROME1 DICOM is diagnosed like the original, without identifiers."""
+    from core.inference import load_model
+    from core.preprocessing import load_grayscale
+
+    jpeg = (samples_dir / "person1314_virus_2269.jpeg").read_bytes()
+    original = decode_image(jpeg)
+    data = inputs.dicom(255 - original, photometric="MONOCHROME1")
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.run()
+    at.file_uploader(key="dx_upload").set_value(("export.dcm", data, "application/dicom"))
+    at.run()
+    assert not at.exception and not at.error and not at.warning
+    assert any("modality: DX" in c.value and "view position: AP" in c.value for c in at.caption)
+    shown = [m.value for m in at.metric if m.label == "P(pneumonia)"]
+    expected = [f"{load_model(n).diagnose_gray(load_grayscale(jpeg))[0].probability:.1%}" for n in shipped_models]
+    assert shown == expected
+    page = " ".join(str(e.value) for e in [*at.markdown, *at.caption])
+    assert inputs.SECRET_ID not in page and "Doe" not in page
