@@ -93,9 +93,13 @@ if not results:
     st.stop()
 
 if len(files) > 1:
+    def withheld(f: str) -> bool:
+        return f in flagged and not st.session_state.get(f"dx_ood_{f}", False)
+
     table = pd.DataFrame([
-        {"file": f, "model": d.model, "P(pneumonia)": round(d.probability, 4), "threshold": thresholds[d.model],
-         "label": label_for(d.probability, thresholds[d.model]) if f not in flagged else "withheld: not like an X-ray"}
+        {"file": f, "model": d.model, "P(pneumonia)": None if withheld(f) else round(d.probability, 4),
+         "threshold": thresholds[d.model],
+         "label": "withheld: not like an X-ray" if withheld(f) else label_for(d.probability, thresholds[d.model])}
         for f, _, d in results
     ])
     st.subheader("All files")
