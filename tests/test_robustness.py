@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -97,7 +98,7 @@ def test_diagnose_page_matrix(materialised, shipped_models):
             assert upload_name in set(table["file"]), kind
             if expected == "ood":
                 row = table[table.file == upload_name].iloc[0]
-                assert row.label.startswith("withheld") and np.isnan(row["P(pneumonia)"])
+                assert row.label.startswith("withheld") and pd.isna(row["P(pneumonia)"])
         else:
             assert upload_name in errors, kind
     page = " ".join(str(e.value) for e in [*at.markdown, *at.caption, *at.error, *at.warning])
