@@ -15,4 +15,10 @@ pages = [
 ]
 page = st.navigation(pages)
 _ui.NAVIGATION_DECLARED = True
+goto = st.query_params.get("goto")  # set by pages/_ui.ensure_app for a cold deep link
+if goto:
+    del st.query_params["goto"]
+    target = next((p for p in pages if p.url_path == goto), None)
+    if target is not None and target.url_path != page.url_path:
+        st.switch_page(target)
 page.run()

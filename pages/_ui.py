@@ -21,10 +21,13 @@ from core.registry import available_models, models_dir
 NAVIGATION_DECLARED = False
 
 
-def ensure_app() -> None:
-    """Call first on every page: route a cold deep link through ``app.py``."""
+def ensure_app(page_file: str) -> None:
+    """Call first on every page (with ``__file__``): route a cold deep link through ``app.py``,
+    which then opens this page again under the app's navigation."""
     if not NAVIGATION_DECLARED:
-        st.switch_page("app.py")
+        from pathlib import Path
+
+        st.switch_page("app.py", query_params={"goto": Path(page_file).stem})
 
 
 DISCLAIMER = (

@@ -12,7 +12,7 @@ from core.preprocessing import ImageDecodeError, load_grayscale
 from core.registry import models_dir
 from pages import _ui as ui
 
-ui.ensure_app()
+ui.ensure_app(__file__)
 
 st.title("Compare models")
 names = ui.no_models_stop()

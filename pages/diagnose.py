@@ -12,7 +12,7 @@ from core.inference import label_for
 from core.preprocessing import ImageDecodeError, load_grayscale
 from pages import _ui as ui
 
-ui.ensure_app()
+ui.ensure_app(__file__)
 
 CLASS_CHOICES = {"Evidence for pneumonia": "PNEUMONIA", "Evidence for normal": "NORMAL"}
 

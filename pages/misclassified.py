@@ -7,7 +7,7 @@ import streamlit as st
 from core.gradcam import overlay
 from pages import _ui as ui
 
-ui.ensure_app()
+ui.ensure_app(__file__)
 
 PER_PAGE = 12
 

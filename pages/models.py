@@ -7,7 +7,7 @@ import streamlit as st
 
 from pages import _ui as ui
 
-ui.ensure_app()
+ui.ensure_app(__file__)
 
 st.title("Model cards")
 st.warning(

@@ -11,7 +11,7 @@ from sklearn.metrics import classification_report
 from core.evaluation import calibration_bins, metrics_at
 from pages import _ui as ui
 
-ui.ensure_app()
+ui.ensure_app(__file__)
 
 st.title("Test-set metrics")
 names = ui.no_models_stop()
