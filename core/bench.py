@@ -51,27 +51,15 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _bare_forward(model):
-    import tensorflow as tf
-
-    shape = tuple(model.inputs[0].shape[1:])
-
-    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False)
-    def forward(x):
-        return model(x, training=False)
-
-    return forward
-
-
 def bench_model(name: str, image_bytes: bytes, test_gray: np.ndarray, repeats: int) -> dict:
-    from core.gradcam import reference_gradcam
+    from core.gradcam import compiled_forward, reference_gradcam
     from core.inference import load_model
     from core.preprocessing import load_grayscale, to_model_input
 
     loaded = load_model(name)
     model, spec = loaded.keras_model, loaded.spec
     x = to_model_input(load_grayscale(image_bytes), spec)[None]
-    forward = _bare_forward(model)
+    forward = compiled_forward(model)
 
     def ours():
         d = loaded.diagnose_bytes(image_bytes)

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core import LABELS
+from core.preprocessing import load_grayscale, to_model_input
 
 __all__ = [
     "DATA_ENV",
@@ -155,8 +156,6 @@ class Batches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        from core.preprocessing import to_model_input
-
         x = to_model_input(self.gray[idx], self.spec)
         y = self.labels[idx][:, None]
         if self.weights is None:
@@ -177,8 +176,6 @@ def class_weights(labels) -> np.ndarray:
 
 def load_images(samples: list[Sample], size: tuple[int, int] = (224, 224)) -> np.ndarray:
     """Decode samples to a uint8 array ``(N, H, W)`` of grayscale images at ``size``."""
-    from core.preprocessing import load_grayscale
-
     out = np.empty((len(samples), size[0], size[1]), dtype=np.uint8)
     for i, s in enumerate(samples):
         out[i] = load_grayscale(s.path.read_bytes(), size=size)

@@ -14,6 +14,7 @@ from PIL import Image
 
 __all__ = [
     "GradCam",
+    "compiled_forward",
     "class_map",
     "upsample",
     "normalise",
@@ -70,6 +71,20 @@ class GradCam:
 
     def warm_up(self) -> None:
         self(np.zeros((1, *self._shape), np.float32))
+
+
+def compiled_forward(model: keras.Model):
+    """``model`` as a compiled TensorFlow function of a float32 batch, fixed signature (no
+    retracing), without autograph (which would write generated sources to the temp dir)."""
+    import tensorflow as tf
+
+    shape = tuple(model.inputs[0].shape[1:])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False)
+    def forward(x):
+        return model(x, training=False)
+
+    return forward
 
 
 def class_map(signed: np.ndarray, target: str = "PNEUMONIA") -> np.ndarray:

@@ -103,11 +103,10 @@ class OODCheck:
         if self.guard is None:
             raise FileNotFoundError("No out-of-distribution guard under models/ood (run: python -m core.ood).")
         self._features = feature_extractor()
-        self._spec = InputSpec()
-        self._features(np.zeros((1, 224, 224, 3), np.float32))  # warm up
+        self._features(np.zeros((1, 224, 224), np.uint8))  # warm up
 
     def __call__(self, gray: np.ndarray) -> list[OODResult]:
         """Check uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` (224 x 224)."""
         batch = gray[None] if gray.ndim == 2 else gray
-        scores = self.guard.score(self._features(to_model_input(batch, self._spec)))
+        scores = self.guard.score(self._features(batch))
         return [OODResult(float(s), self.guard.cutoff) for s in scores]

@@ -23,21 +23,24 @@ log = logging.getLogger(__name__)
 GUARD_DIR = "ood"
 
 
-def feature_extractor():
-    """Compiled ``(N, 224, 224, 3)`` Lite0-normalised batch -> ``(N, 1280)`` pooled features."""
+def feature_extractor(batch_size: int = 64):
+    """A function from uint8 grayscale images ``(N, 224, 224)`` to ``(N, 1280)`` pooled ImageNet
+    Lite0 features: normalised as Lite0 wants, run in batches through one compiled call."""
     import keras
-    import tensorflow as tf
 
     from core.backbones import efficientnet_lite0
+    from core.gradcam import compiled_forward
+    from core.preprocessing import InputSpec, to_model_input
 
     backbone = efficientnet_lite0(weights="imagenet")
-    pooled = keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output))
+    forward = compiled_forward(keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output)))
+    spec = InputSpec()
 
-    @tf.function(input_signature=[tf.TensorSpec((None, 224, 224, 3), tf.float32)], autograph=False)
-    def run(x):
-        return pooled(x, training=False)
+    def extract(gray: np.ndarray) -> np.ndarray:
+        return np.concatenate([forward(to_model_input(gray[i : i + batch_size], spec)).numpy()
+                               for i in range(0, len(gray), batch_size)])
 
-    return lambda x: run(np.asarray(x, np.float32)).numpy()
+    return extract
 
 
 @dataclass
@@ -58,17 +61,13 @@ class OODGuard:
         residual = np.sum(centred**2, axis=1) - np.sum(proj**2, axis=1)
         return (mahalanobis + residual / self.residual_scale) / self.components.shape[0]
 
-    def is_ood(self, features: np.ndarray) -> np.ndarray:
-        return self.score(features) > self.cutoff
-
     def save(self, folder: Path, card: dict) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(folder / "guard.npz", mean=self.mean, components=self.components,
                             variances=self.variances, residual_scale=self.residual_scale, cutoff=self.cutoff)
-        from core.registry import sha256_file
+        from core.registry import sha256_file, write_card
 
-        card = {**card, "weights_file": "guard.npz", "weights_sha256": sha256_file(folder / "guard.npz")}
-        (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        write_card(folder, {**card, "weights_file": "guard.npz", "weights_sha256": sha256_file(folder / "guard.npz")})
 
 
 def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components: int = 64,
@@ -138,14 +137,12 @@ def non_xray_images(seed: int = 0) -> dict[str, np.ndarray]:
 def report(data_dir=None) -> dict:
     """Share of official test X-rays that pass and of non-X-ray images that are refused."""
     from core.data import find_data_dir, list_split, load_images
-    from core.preprocessing import InputSpec, squash, to_model_input
+    from core.preprocessing import squash
 
-    guard, extract, spec = load_guard(), feature_extractor(), InputSpec()
-    gray = load_images(list_split(find_data_dir(data_dir), "test"))
-    scores = np.concatenate([guard.score(extract(to_model_input(gray[i : i + 64], spec)))
-                             for i in range(0, len(gray), 64)])
-    others = {k: float(guard.score(extract(to_model_input(squash(v), spec)[None]))[0])
-              for k, v in non_xray_images().items()}
+    guard, extract = load_guard(), feature_extractor()
+    scores = guard.score(extract(load_images(list_split(find_data_dir(data_dir), "test"))))
+    named = non_xray_images()
+    others = dict(zip(named, map(float, guard.score(extract(np.stack([squash(v) for v in named.values()]))))))
     return {
         "cutoff": guard.cutoff,
         "test_xrays": int(len(scores)),
@@ -164,7 +161,7 @@ def main(argv=None) -> int:
     import argparse
 
     from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
-    from core.preprocessing import InputSpec, to_model_input
+    from core.preprocessing import InputSpec
     from core.registry import models_dir
 
     parser = argparse.ArgumentParser(prog="python -m core.ood", description=main.__doc__)
@@ -180,13 +177,8 @@ def main(argv=None) -> int:
               f"non-X-ray images refused: {result['non_xray_refused']:.1%} of {result['non_xray_images']}")
         return 0
     train, val = split_train_val(list_split(find_data_dir(args.data_dir), "train"), 0.1, args.seed)
-    extract, spec = feature_extractor(), InputSpec()
-
-    def features(samples):
-        gray = load_images(samples)
-        return np.concatenate([extract(to_model_input(gray[i : i + 64], spec)) for i in range(0, len(gray), 64)])
-
-    guard = fit_guard(features(train), features(val))
+    extract = feature_extractor()
+    guard = fit_guard(extract(load_images(train)), extract(load_images(val)))
     card = {
         "name": "ood",
         "kind": "out-of-distribution guard",
@@ -194,7 +186,7 @@ def main(argv=None) -> int:
                   "EfficientNet-Lite0 features, fitted on the training split",
         "cutoff_rule": "99.5th percentile of validation-split scores (99.5 % of validation X-rays pass)",
         "cutoff": guard.cutoff,
-        "preprocessing": spec.to_dict(),
+        "preprocessing": InputSpec().to_dict(),
         "seed": args.seed,
         "data": {"train_images": len(train), "val_images": len(val), "fingerprint": fingerprint(train + val)},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
