@@ -55,6 +55,17 @@ def get_ood():
         return None
 
 
+def withheld_unless_asked(check, key: str) -> bool:
+    """For an out-of-distribution image: show the warning and a "show anyway" box.
+
+    Returns True while the diagnosis stays withheld (``check`` is an OODResult or None).
+    """
+    if check is None or not check.flagged:
+        return False
+    st.warning(check.warning + " The diagnosis is withheld.")
+    return not st.checkbox("Show the models' output anyway", key=key)
+
+
 @st.cache_data(show_spinner=False)
 def model_names() -> list[str]:
     return available_models()
@@ -163,7 +174,7 @@ def label_badge(label: str) -> str:
 
 
 __all__ = [
-    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "model_names", "card", "metrics", "predictions", "history",
+    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked", "model_names", "card", "metrics", "predictions", "history",
     "all_predictions", "data_dir", "test_image", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint",
     "label_badge",
 ]

@@ -73,6 +73,9 @@ elif both is not None:
     gray, caption = ui.test_image(row.filename, row.label), f"{row.filename}: truly {row.label}"
     if gray is None:
         ui.no_data_hint()
+guard = ui.get_ood()
+if gray is not None and ui.withheld_unless_asked(guard(gray)[0] if guard else None, key="cmp_ood"):
+    gray = None
 if gray is not None:
     st.caption(caption)
     cols = st.columns(len(names))

@@ -113,10 +113,8 @@ else:
 st.subheader(shown)
 if shown in dicom_info:
     st.caption(" · ".join(f"{k}: {v}" for k, v in dicom_info[shown].items()))
-if shown in flagged:
-    st.warning(flagged[shown].warning + " The diagnosis is withheld.")
-    if not st.checkbox("Show the models' output anyway", key=f"dx_ood_{shown}"):
-        st.stop()
+if ui.withheld_unless_asked(flagged.get(shown), key=f"dx_ood_{shown}"):
+    st.stop()
 for filename, gray, d in [r for r in results if r[0] == shown]:
     label = label_for(d.probability, thresholds[d.model])
     heat = overlay(gray, d.heatmap(gray.shape, target), alpha=alpha)

@@ -114,3 +114,14 @@ def test_two_uploads_with_one_name_stay_apart(shipped_models, samples_dir):
     assert set(table["file"]) == {"scan.jpeg", "scan.jpeg (2)"} and len(table) == 2 * len(shipped_models)
     finetuned = table[table.model == shipped_models[-1]].set_index("file")["P(pneumonia)"]
     assert finetuned["scan.jpeg"] != finetuned["scan.jpeg (2)"]
+
+
+def test_compare_withholds_an_unusual_upload_until_asked(shipped_models):
+    at = _app("pages/compare.py")
+    at.radio(key="cmp_source").set_value("Upload").run()
+    at.file_uploader(key="cmp_upload").set_value(("drawing.png", encode(xray_like(500, 420), "PNG"), "image/png"))
+    at.run()
+    assert not at.exception and "does not look like" in at.warning[0].value
+    assert not any("P(pneumonia) =" in m.value for m in at.markdown)
+    at.checkbox(key="cmp_ood").check().run()
+    assert sum("P(pneumonia) =" in m.value for m in at.markdown) == len(shipped_models)
