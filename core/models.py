@@ -104,11 +104,11 @@ def set_trainable_top(model: keras.Model, n: int) -> list[str]:
     return [layer.name for layer in top]
 
 
-def input_spec_for(kind: str, backbone: str | None, input_size=(224, 224)) -> InputSpec:
+def input_spec_for(kind: str, backbone: str | None, input_size=(224, 224), equalize: bool = False) -> InputSpec:
     """The preprocessing a model of this kind and backbone expects."""
     if kind == "baseline":
-        return InputSpec(size=tuple(input_size), channels=1, mean=0.0, std=255.0)
-    return InputSpec(size=tuple(input_size), **BACKBONES[backbone]["preprocessing"])
+        return InputSpec(size=tuple(input_size), channels=1, mean=0.0, std=255.0, equalize=equalize)
+    return InputSpec(size=tuple(input_size), equalize=equalize, **BACKBONES[backbone]["preprocessing"])
 
 
 def build_model(kind: str, backbone: str | None = "efficientnet_lite0", input_size=(224, 224),

@@ -24,6 +24,7 @@ __all__ = [
     "decode_image",
     "load_grayscale",
     "squash",
+    "equalize",
     "to_model_input",
     "preprocess",
     "DATASET_SIZE",
@@ -47,8 +48,8 @@ class InputSpec:
     """How a model wants its input, as written in its card (``card["preprocessing"]``).
 
     The model input is ``(x - mean) / std`` of the 0-255 grayscale image resized to ``size``
-    and repeated to ``channels`` channels; ``mean`` and ``std`` are one number or one per channel
-    (e.g. ResNet50's "caffe" BGR means).
+    (histogram-equalised first when ``equalize``) and repeated to ``channels`` channels;
+    ``mean`` and ``std`` are one number or one per channel (e.g. ResNet50's "caffe" BGR means).
     """
 
     size: tuple[int, int] = DATASET_SIZE
@@ -57,6 +58,7 @@ class InputSpec:
     std: float | tuple[float, ...] = 128.0
     resize: str = "bilinear, aspect ratio not kept (as the dataset images)"
     colour: str = "grayscale repeated to every channel"
+    equalize: bool = False
     notes: list[str] = field(default_factory=list)
 
     @classmethod
@@ -185,6 +187,25 @@ def load_grayscale(data: bytes, size: tuple[int, int] = DATASET_SIZE, filename: 
     return squash(decode_image(data, filename), size)
 
 
+def equalize(gray: np.ndarray) -> np.ndarray:
+    """Global histogram equalisation of uint8 image(s) ``(H, W)`` or ``(N, H, W)``, each on its own.
+
+    The classic mapping (as OpenCV's ``equalizeHist``): grey level ``v`` becomes
+    ``round(255 * (cdf(v) - cdf_min) / (n - cdf_min))``, so any increasing change of exposure or
+    contrast maps to the same output. An image with a single grey level is returned unchanged.
+    Returns a new uint8 array; the input is not modified.
+    """
+    gray = np.asarray(gray, dtype=np.uint8)
+    if gray.ndim == 3:
+        return np.stack([equalize(g) for g in gray]) if len(gray) else gray.copy()
+    cdf = np.cumsum(np.bincount(gray.ravel(), minlength=256))
+    cdf_min, n = cdf[np.flatnonzero(cdf)[0]], cdf[-1]
+    if n == cdf_min:
+        return gray.copy()
+    lut = np.round((cdf - cdf_min) * 255.0 / (n - cdf_min)).clip(0, 255).astype(np.uint8)
+    return lut[gray]
+
+
 def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
     """Normalise uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` for a model.
 
@@ -196,6 +217,8 @@ def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
             gray = squash(gray, spec.size)
         else:
             gray = np.stack([squash(g, spec.size) for g in gray])
+    if spec.equalize:
+        gray = equalize(gray)
     x = np.repeat(gray.astype(np.float32)[..., None], spec.channels, axis=-1)
     return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 

@@ -28,7 +28,7 @@ from core.data import Batches, class_weights, find_data_dir, fingerprint, list_s
 from core.evaluation import choose_threshold, metrics_at
 from core.models import GRADCAM_LAYERS, augmentation, build_model, input_spec_for
 from core.preprocessing import InputSpec
-from core.registry import load_keras_model, models_dir, sha256_file, write_card
+from core.registry import load_card, load_keras_model, models_dir, sha256_file, write_card
 
 __all__ = ["train", "predict_arrays", "hardware"]
 
@@ -192,7 +192,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     elapsed_before = state["elapsed_s"]
 
     train_samples, val_samples = split_train_val(list_split(data_dir, "train"), recipe.val_fraction, recipe.seed)
-    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size)
+    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize)
     log.info("Loading %d training and %d validation images", len(train_samples), len(val_samples))
     x_tr, x_va = load_images(train_samples), load_images(val_samples)
     y_tr = np.array([s.label for s in train_samples])
@@ -202,6 +202,12 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
                         "imagenet", recipe.trainable_top_layers)
     init_sha = None
     if recipe.init_from:
+        source_spec = InputSpec.from_card(load_card(recipe.init_from, out_root))
+        if source_spec != spec:
+            raise ValueError(
+                f"'{recipe.init_from}' was trained on differently preprocessed input "
+                f"({source_spec.to_dict()}) than '{recipe.name}' ({spec.to_dict()}); retrain it first."
+            )
         source = load_keras_model(recipe.init_from, out_root)
         model.set_weights(source.get_weights())
         init_sha = sha256_file(out_root / recipe.init_from / "model.keras")

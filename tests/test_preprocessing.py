@@ -12,6 +12,7 @@ from core.preprocessing import (
     ImageDecodeError,
     InputSpec,
     decode_image,
+    equalize,
     load_grayscale,
     preprocess,
     squash,
@@ -131,7 +132,36 @@ def test_preprocess_is_decode_squash_normalise():
     assert np.array_equal(preprocess(data, spec), to_model_input(squash(BASE), spec))
 
 
+def test_equalize_flattens_the_histogram_and_ignores_exposure():
+    rng = np.random.default_rng(3)
+    gray = np.clip(rng.normal(90, 20, (224, 224)), 0, 127).astype(np.uint8)  # dark, low contrast
+    before = gray.copy()
+    out = equalize(gray)
+    assert out.dtype == np.uint8 and out.shape == gray.shape and np.array_equal(gray, before)
+    assert out.min() == 0 and out.max() == 255
+    # the cumulative histogram of the output is close to a straight line
+    cdf = np.cumsum(np.bincount(out.ravel(), minlength=256)) / out.size
+    assert np.abs(cdf - np.linspace(0, 1, 256)).max() < 0.05
+    # brighter, higher-contrast exposure of the same picture (an increasing map): same output
+    assert np.array_equal(equalize(gray * 2 + 1), out)
+    # each image of a batch on its own; a flat image stays as it is
+    flat = np.full((224, 224), 77, np.uint8)
+    batch = equalize(np.stack([gray, flat]))
+    assert np.array_equal(batch[0], out) and np.array_equal(batch[1], flat)
+
+
+def test_to_model_input_equalizes_only_when_the_spec_says_so():
+    gray = squash(BASE) // 2
+    plain, eq = InputSpec(), InputSpec(equalize=True)
+    assert np.allclose(to_model_input(gray, plain)[..., 0], (gray - 127.0) / 128.0)
+    assert np.allclose(to_model_input(gray, eq)[..., 0], (equalize(gray) - 127.0) / 128.0)
+    # a card written before the option existed means no equalisation
+    card = {"preprocessing": {k: v for k, v in plain.to_dict().items() if k != "equalize"}}
+    assert InputSpec.from_card(card).equalize is False
+
+
 @pytest.mark.parametrize("spec", [InputSpec(size=(128, 96), channels=1, mean=0.0, std=255.0),
+                                  InputSpec(equalize=True),
                                   InputSpec(channels=3, mean=(103.939, 116.779, 123.68), std=1.0)])
 def test_spec_round_trips_through_a_card(spec):
     import json

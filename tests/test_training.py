@@ -79,3 +79,16 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
     assert changed("top_conv") and changed("logit")
     assert not changed("stem_conv") and not changed("block5_project_conv")
     assert isinstance(after.get_layer("top_bn"), keras.layers.BatchNormalization) and not changed("top_bn")
+
+
+def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
+    """Stage 2 must see its input prepared as stage 1 was (e.g. both equalised or neither)."""
+    from core.training import train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = _dataset(tmp_path / "chest_xray", n=8)
+    out = tmp_path / "models"
+    train(get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
+    with pytest.raises(ValueError, match="differently preprocessed"):
+        train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, equalize=True),
+              data, out_root=out)
