@@ -25,6 +25,7 @@ __all__ = [
     "load_grayscale",
     "squash",
     "equalize",
+    "model_view",
     "to_model_input",
     "preprocess",
     "DATASET_SIZE",
@@ -204,6 +205,12 @@ def equalize(gray: np.ndarray) -> np.ndarray:
         return gray.copy()
     lut = np.round((cdf - cdf_min) * 255.0 / (n - cdf_min)).clip(0, 255).astype(np.uint8)
     return lut[gray]
+
+
+def model_view(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """The uint8 picture a model sees before normalisation: squashed, equalised if its card says so."""
+    gray = squash(np.asarray(gray, dtype=np.uint8), spec.size)
+    return equalize(gray) if spec.equalize else gray
 
 
 def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:

@@ -9,7 +9,7 @@ import streamlit as st
 from core.dicom import dicom_summary, is_dicom
 from core.gradcam import overlay
 from core.inference import label_for
-from core.preprocessing import ImageDecodeError, load_grayscale
+from core.preprocessing import ImageDecodeError, load_grayscale, model_view
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -125,5 +125,7 @@ for filename, gray, d in [r for r in results if r[0] == shown]:
         st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.2f}", unsafe_allow_html=True)
         st.download_button("Download overlay (PNG)", ui.png_bytes(heat),
                            f"{filename.rsplit('.', 1)[0]}_{d.model}_gradcam.png", "image/png", key=f"dx_png_{d.model}")
-    original.image(gray, caption="Input as the model sees it (224 × 224)", clamp=True, width="stretch")
+    spec = models[d.model].spec
+    original.image(model_view(gray, spec), clamp=True, width="stretch",
+                   caption="Input as the model sees it (224 × 224" + (", histogram-equalised)" if spec.equalize else ")"))
     explained.image(heat, caption=f"Grad-CAM: evidence for {target.lower()}", width="stretch")

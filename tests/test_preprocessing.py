@@ -14,6 +14,7 @@ from core.preprocessing import (
     decode_image,
     equalize,
     load_grayscale,
+    model_view,
     preprocess,
     squash,
     to_model_input,
@@ -155,6 +156,9 @@ def test_to_model_input_equalizes_only_when_the_spec_says_so():
     plain, eq = InputSpec(), InputSpec(equalize=True)
     assert np.allclose(to_model_input(gray, plain)[..., 0], (gray - 127.0) / 128.0)
     assert np.allclose(to_model_input(gray, eq)[..., 0], (equalize(gray) - 127.0) / 128.0)
+    # what the Diagnose page shows as the model's view
+    assert np.array_equal(model_view(BASE, plain), squash(BASE))
+    assert np.array_equal(model_view(BASE, eq), equalize(squash(BASE)))
     # a card written before the option existed means no equalisation
     card = {"preprocessing": {k: v for k, v in plain.to_dict().items() if k != "equalize"}}
     assert InputSpec.from_card(card).equalize is False
