@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -113,16 +112,6 @@ def dashboard_cold_start() -> dict:
     return json.loads(path.read_text())
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _table(result: dict) -> str:
     lines = ["| model | bare forward (ms) | ours: diagnose (ms) | reference recipe (ms) | ours / bare | reference / ours "
              "| test set bare (s) | test set ours (s) | ours / bare |", "|---|---|---|---|---|---|---|---|---|"]
@@ -162,7 +151,7 @@ def main(argv=None) -> int:
     samples = list_split(find_data_dir(args.data_dir), "test")
     image_bytes = samples[0].path.read_bytes()
     test_gray = load_images(samples)
-    result = {"machine": f"{_cpu_name()}, {os.cpu_count()} logical CPUs; {hardware()}",
+    result = {"machine": hardware(),
               "image": samples[0].name, "models": {}}
     for name in available_models():
         result["models"][name] = bench_model(name, image_bytes, test_gray, args.repeats)

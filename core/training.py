@@ -68,7 +68,17 @@ def hardware() -> str:
             device = f"{len(gpus)} GPU" if gpus else "CPU"
     except Exception:  # device probing is informational only
         pass
-    return f"{platform.machine()} {os.cpu_count()} cores, {device}, Keras {keras.__version__} on {backend}"
+    return f"{_cpu_name()}, {os.cpu_count()} logical CPUs, {device}, Keras {keras.__version__} on {backend}"
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 class _Resumable(keras.callbacks.Callback):
