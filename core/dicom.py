@@ -19,14 +19,14 @@ def is_dicom(data: bytes) -> bool:
     return len(data) > 132 and data[128:132] == b"DICM"
 
 
-def _read(data: bytes, filename: str | None):
+def _read(data: bytes, filename: str | None, header_only: bool = False):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     from core.preprocessing import ImageDecodeError
 
     try:
-        return pydicom.dcmread(io.BytesIO(data))
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, AttributeError, TypeError) as exc:
         raise ImageDecodeError(f"{_name(filename)} is a damaged DICOM file and cannot be read ({type(exc).__name__}).") from None
 
@@ -106,7 +106,7 @@ def _to_rgb(arr, ds):
 
 def dicom_summary(data: bytes) -> dict:
     """Only what helps reading: modality, view position, image size, frames. No identifiers."""
-    ds = _read(data, None)
+    ds = _read(data, None, header_only=True)  # the pixels are not needed (nor read) here
     return {
         "modality": str(ds.get("Modality", "unknown")),
         "view position": str(ds.get("ViewPosition", "") or "not stated"),
