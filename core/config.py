@@ -52,6 +52,12 @@ class Recipe:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+EQUALIZE_NOTE = (
+    "Each image is histogram-equalised (global, 256 levels) before normalisation, in training "
+    "and in serving (card preprocessing 'equalize'), so exposure and contrast differences "
+    "between X-ray systems carry no signal."
+)
+
 RECIPES: dict[str, Recipe] = {
     "baseline": Recipe(
         name="baseline",
@@ -68,12 +74,14 @@ RECIPES: dict[str, Recipe] = {
         epochs=60,
         learning_rate=1e-3,
         augment=False,
+        equalize=True,
         early_stopping_patience=8,
         reduce_lr_patience=3,
         notes=[
             "Backbone frozen (ImageNet weights), new head only. Because the backbone is frozen, "
             "its pooled features are computed once and the head is trained on them; this is the "
-            "same model as training end to end with a frozen backbone, without augmentation."
+            "same model as training end to end with a frozen backbone, without augmentation.",
+            EQUALIZE_NOTE,
         ],
     ),
     "finetuned": Recipe(
@@ -84,6 +92,7 @@ RECIPES: dict[str, Recipe] = {
         brightness=0.2,
         contrast=0.3,
         central_erasing=0.5,
+        equalize=True,
         learning_rate=1e-4,
         trainable_top_layers=41,
         init_from="transfer",
@@ -95,6 +104,7 @@ RECIPES: dict[str, Recipe] = {
             "exposure and framing differences between X-ray systems.",
             "Half of the training images have the central third of their width (mediastinum and "
             "heart) blanked, to push the model to find its evidence in the lung fields.",
+            EQUALIZE_NOTE,
         ],
     ),
 }

@@ -77,7 +77,7 @@ def _gradcam_summary(diagnoses, threshold: float) -> dict:
 
 def validation_summary(name: str, data_dir=None, root: Path | None = None) -> dict:
     """Metrics on the model's own validation split (as recorded in its card); writes nothing."""
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     from core.data import find_data_dir, list_split, load_images, split_train_val
     from core.evaluation import metrics_at
@@ -89,6 +89,7 @@ def validation_summary(name: str, data_dir=None, root: Path | None = None) -> di
     diagnoses = model.diagnose_gray(load_images(val))
     probs, labels = np.array([d.probability for d in diagnoses]), np.array([s.label for s in val])
     return {"model": name, "split": "validation", "roc_auc": float(roc_auc_score(labels, probs)),
+            "pr_auc": float(average_precision_score(labels, probs)),
             "at_card_threshold": metrics_at(labels, probs, model.threshold),
             "gradcam": _gradcam_summary(diagnoses, model.threshold)}
 
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
         r = evaluate_model(name, args.data_dir) if args.split == "test" else validation_summary(name, args.data_dir)
         m = r["at_card_threshold"]
         print(f"{name:10s} [{args.split}] acc {m['accuracy']:.4f}  sens {m['sensitivity']:.4f}  spec {m['specificity']:.4f}  "
-              f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r.get('pr_auc', float('nan')):.4f}  (threshold {m['threshold']:.4f})  "
+              f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r['pr_auc']:.4f}  (threshold {m['threshold']:.4f})  "
               f"Grad-CAM central share {r['gradcam']['central_third_share_mean']:.2f}, "
               f"border share {r['gradcam']['border_share_mean']:.3f}")
     return 0

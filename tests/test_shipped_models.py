@@ -79,3 +79,24 @@ def test_evaluate_reproduces_the_shipped_metrics(shipped_models, data_dir, tmp_p
         shipped = json.loads((models_dir() / name / "metrics.json").read_text())
         assert report["roc_auc"] == pytest.approx(shipped["roc_auc"], abs=1e-6)
         assert report["at_card_threshold"]["confusion_matrix"] == shipped["at_card_threshold"]["confusion_matrix"]
+
+
+def test_validation_summary_reproduces_the_card(shipped_models, data_dir):
+    """`python -m core.evaluate --split val` re-measures what training wrote into the card."""
+    from core.evaluate import validation_summary
+
+    for name in shipped_models:
+        card, again = load_card(name), validation_summary(name, data_dir)
+        assert again["roc_auc"] == pytest.approx(card["val_metrics"]["roc_auc"], abs=1e-4)
+        assert again["at_card_threshold"]["accuracy"] == pytest.approx(card["val_metrics"]["accuracy"], abs=1.5 / 522)
+        assert 0 < again["pr_auc"] <= 1
+
+
+def test_cards_record_the_recipes_that_reproduce_them(shipped_models):
+    """`python -m core.train NAME` today trains what the card says (options added later keep their defaults)."""
+    from core.config import Recipe, get_recipe
+
+    for name in shipped_models:
+        config = {**load_card(name)["config"]}
+        config["input_size"] = tuple(config["input_size"])
+        assert Recipe(**config) == get_recipe(name), name

@@ -90,5 +90,5 @@ def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
     out = tmp_path / "models"
     train(get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
     with pytest.raises(ValueError, match="differently preprocessed"):
-        train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, equalize=True),
+        train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, equalize=False),
               data, out_root=out)
