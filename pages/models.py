@@ -34,7 +34,7 @@ def augmentation_text(cfg: dict) -> str:
     if cfg.get("contrast"):
         parts.append(f"contrast {cfg['contrast']:g}")
     if cfg.get("central_erasing"):
-        parts.append(f"central-band erasing p={cfg['central_erasing']:g}")
+        parts.append(f"central third blanked in {cfg['central_erasing']:.0%} of images")
     return ", ".join(parts)
 
 
@@ -52,12 +52,12 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 |---|---|
 | Kind | {card['kind']} |
 | Backbone | {card.get('backbone') or 'none: trained from scratch'} |
-| Input | {card['input_shape'][0]} × {card['input_shape'][1]} × {card['input_shape'][2]}, (pixel − {card['preprocessing']['mean']}) / {card['preprocessing']['std']} |
+| Input | {card['input_shape'][0]} × {card['input_shape'][1]} × {card['input_shape'][2]}, {'histogram-equalised, then ' if card['preprocessing'].get('equalize') else ''}(pixel − {card['preprocessing']['mean']}) / {card['preprocessing']['std']} |
 | Parameters | {card['parameters']:,} |
 | Decision threshold | {card['threshold']:.4f}: {card['threshold_rule']} |
 | Grad-CAM layer | `{card['gradcam_layer']}` |
 | Optimiser | Adam, learning rate {cfg['learning_rate']:g}; BCE, label smoothing {cfg['label_smoothing']} |
-| Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {'rotation ±{:g}°, shift {:g}, zoom {:g}, brightness {:g}'.format(cfg['rotation_deg'], cfg['shift'], cfg['zoom'], cfg['brightness']) if cfg['augment'] else 'off'} |
+| Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)} |
 | Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |
 | Data | {data['train_images']} train / {data['val_images']} validation images ({data['train_patients']} / {data['val_patients']} patients); {data['split']}; fingerprint `{data['fingerprint']}` |
 | Epochs | {card['epochs_run']} run, best at {card['best_epoch']} |

@@ -24,6 +24,18 @@ def test_every_page_renders(page, shipped_models):
     assert at.title and not at.error
 
 
+def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_models):
+    from core.registry import load_card
+
+    at = _app("pages/models.py")
+    tables = [m.value for m in at.markdown if "| Input |" in m.value]
+    assert len(tables) == len(shipped_models)
+    for name, table in zip(shipped_models, tables, strict=True):
+        card = load_card(name)
+        assert ("histogram-equalised" in table) == bool(card["preprocessing"].get("equalize")), name
+        assert ("central third blanked" in table) == bool(card["config"].get("central_erasing")), name
+
+
 def _assert_diagnosed(at, n_models):
     assert not at.exception and not at.error
     shown = [m for m in at.metric if m.label == "P(pneumonia)"]
