@@ -4,7 +4,7 @@
 through :mod:`core.dicom`) into a 2-D uint8 grayscale array, applying EXIF orientation.
 ``load_grayscale`` then squashes it to 224 x 224 exactly as the dataset's images were made
 (PIL bilinear on the grayscale image, aspect ratio not kept), and ``to_model_input``
-normalises it the way the model card says.
+normalises it the way the model card says (histogram-equalising it first where the card asks).
 """
 
 from __future__ import annotations
