@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", choices=["efficientnet_lite0", "resnet50"])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--seed", type=int, help="seed for the validation split, initialisation and augmentation (default 42)")
     parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from core.training import train
 
-    recipe = get_recipe(args.recipe).with_overrides(backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size)
+    recipe = get_recipe(args.recipe).with_overrides(
+        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
     folder = train(recipe, args.data_dir, fresh=args.fresh)
     print(f"Model written to {folder}")
     return 0

@@ -151,13 +151,16 @@ def _fit_images(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir: Pa
 def _fit_frozen_head(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir: Path, state: dict):
     """Frozen backbone: compute pooled features once, train dropout + dense on them."""
     cached = run_dir / "features.npz"
+    key = np.array(json.dumps(_settings(recipe), sort_keys=True))  # features belong to one split and input
+    f_tr = f_va = None
     if cached.exists():
         with np.load(cached) as f:
-            f_tr, f_va = f["train"], f["val"]
-    else:
+            if "key" in f and f["key"] == key:
+                f_tr, f_va = f["train"], f["val"]
+    if f_tr is None:
         features = keras.Model(model.input, model.get_layer("avg_pool").output)
         f_tr, f_va = (_outputs(features, x, spec).astype(np.float32) for x in (x_tr, x_va))
-        np.savez(run_dir / "features.tmp.npz", train=f_tr, val=f_va)
+        np.savez(run_dir / "features.tmp.npz", train=f_tr, val=f_va, key=key)
         (run_dir / "features.tmp.npz").replace(cached)
     head_in = keras.Input(f_tr.shape[1:])
     h = keras.layers.Dropout(recipe.dropout)(head_in)
@@ -198,6 +201,8 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     run_dir.mkdir(parents=True, exist_ok=True)
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {"history": [], "epoch": 0}
+    _check_same_run(state, recipe, run_dir)
+    state["recipe"] = recipe.to_dict()
     state.setdefault("elapsed_s", 0.0)
     elapsed_before = state["elapsed_s"]
 
@@ -277,6 +282,27 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     state_path.write_text(json.dumps(state, indent=1))
     log.info("Wrote %s (val AUC %.4f, threshold %.4f)", folder, card["val_metrics"]["roc_auc"], threshold)
     return folder
+
+
+def _settings(recipe: Recipe) -> dict:
+    """What must match for a saved run to be resumed: the recipe as JSON, except its epoch budget."""
+    return {k: v for k, v in json.loads(json.dumps(recipe.to_dict())).items() if k != "epochs"}
+
+
+def _check_same_run(state: dict, recipe: Recipe, run_dir: Path) -> None:
+    """Resume only the run this recipe started (more epochs is fine; another seed or setting is not)."""
+    if state.get("epoch", 0) == 0 and not state.get("history"):
+        return  # nothing to resume
+    saved = state.get("recipe")
+    if saved is None:
+        raise ValueError(f"{run_dir} holds a run from an older version that did not record its settings; "
+                         "pass --fresh to discard it.")
+    differs = sorted(k for k, v in _settings(recipe).items() if saved.get(k) != v)
+    if differs:
+        raise ValueError(
+            f"{run_dir} holds a run of '{recipe.name}' with other settings ({', '.join(differs)}); "
+            "pass --fresh to discard it, or point PNEUMONIA_CACHE at another folder to keep it."
+        )
 
 
 def _write_history(path: Path, history: list[dict]) -> None:

@@ -47,6 +47,10 @@ def test_train_writes_artifacts_and_resumes(tmp_path, monkeypatch):
     with open(folder / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2, 3]
 
+    # another seed must not silently continue this run
+    with pytest.raises(ValueError, match="--fresh"):
+        train(recipe.with_overrides(epochs=3, seed=7), data, out_root=tmp_path / "models")
+
 
 def test_recipes_are_complete():
     assert set(RECIPES) == {"baseline", "transfer", "finetuned"}
@@ -92,3 +96,19 @@ def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="differently preprocessed"):
         train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, equalize=False),
               data, out_root=out)
+
+
+def test_cached_backbone_features_are_reused_only_for_the_same_settings(tmp_path, monkeypatch):
+    from core.training import train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = _dataset(tmp_path / "chest_xray", n=8)
+    run = tmp_path / "cache" / "runs" / "transfer"
+    recipe = get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25)
+    train(recipe, data, out_root=tmp_path / "models")
+    with np.load(run / "features.npz") as f:
+        assert json.loads(str(f["key"]))["equalize"] is True
+    (run / "state.json").unlink()  # as if the run had been killed before it finished
+    train(recipe.with_overrides(equalize=False), data, out_root=tmp_path / "models")
+    with np.load(run / "features.npz") as f:
+        assert json.loads(str(f["key"]))["equalize"] is False
