@@ -208,8 +208,13 @@ def equalize(gray: np.ndarray) -> np.ndarray:
 
 
 def model_view(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """The uint8 picture a model sees before normalisation: squashed, equalised if its card says so."""
-    gray = squash(np.asarray(gray, dtype=np.uint8), spec.size)
+    """The uint8 picture(s) a model sees before normalisation: squashed, equalised if its card says so.
+
+    Takes ``(H, W)`` or ``(N, H, W)``; the input array is not modified.
+    """
+    gray = np.asarray(gray)
+    if gray.shape[-2:] != tuple(spec.size):
+        gray = squash(gray, spec.size) if gray.ndim == 2 else np.stack([squash(g, spec.size) for g in gray])
     return equalize(gray) if spec.equalize else gray
 
 
@@ -218,15 +223,7 @@ def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
 
     Returns float32 ``(..., H, W, C)``; the input array is not modified.
     """
-    gray = np.asarray(gray)
-    if gray.shape[-2:] != tuple(spec.size):
-        if gray.ndim == 2:
-            gray = squash(gray, spec.size)
-        else:
-            gray = np.stack([squash(g, spec.size) for g in gray])
-    if spec.equalize:
-        gray = equalize(gray)
-    x = np.repeat(gray.astype(np.float32)[..., None], spec.channels, axis=-1)
+    x = np.repeat(model_view(gray, spec).astype(np.float32)[..., None], spec.channels, axis=-1)
     return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 
 
