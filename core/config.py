@@ -39,13 +39,16 @@ class Recipe:
     reduce_lr_patience: int = 2
     early_stopping_patience: int = 3
     val_fraction: float = 0.1
-    seed: int = 42
+    seed: int = 42  # validation split, and initialisation / augmentation / shuffling of a single run
+    # model soup: train stage 2 once per seed (same split and start) and average the weights
+    soup_seeds: tuple[int, ...] = ()
     threshold_rule: str = "youden"  # maximise sensitivity + specificity - 1 on validation
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
+        d["soup_seeds"] = list(self.soup_seeds)
         return d
 
     def with_overrides(self, **changes) -> Recipe:

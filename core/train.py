@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,18 @@ import logging
 from core.config import RECIPES, get_recipe
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        seeds = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers or 'none', got {text!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds repeat in {text!r}")
+    return seeds
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__)
     parser.add_argument("recipe", choices=list(RECIPES))
@@ -15,6 +27,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seed", type=int, help="seed for the validation split, initialisation and augmentation (default 42)")
+    parser.add_argument("--soup-seeds", type=_seeds, metavar="S,S,…|none",
+                        help="train once per seed on one split and average the weights; 'none' trains a single run "
+                             "(default: the recipe's, 'finetuned' is a soup)")
     parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
     args = parser.parse_args(argv)
@@ -22,7 +37,7 @@ def main(argv=None) -> int:
     from core.training import train
 
     recipe = get_recipe(args.recipe).with_overrides(
-        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed)
+        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds)
     folder = train(recipe, args.data_dir, fresh=args.fresh)
     print(f"Model written to {folder}")
     return 0

@@ -16,6 +16,7 @@ import platform
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -30,7 +31,7 @@ from core.models import GRADCAM_LAYERS, augmentation, build_model, input_spec_fo
 from core.preprocessing import InputSpec
 from core.registry import load_card, load_keras_model, models_dir, sha256_file, write_card
 
-__all__ = ["train", "predict_arrays", "hardware"]
+__all__ = ["train", "predict_arrays", "hardware", "average_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,10 @@ def _fit_frozen_head(recipe: Recipe, model, spec, x_tr, y_tr, x_va, y_va, run_di
 def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bool = False) -> Path:
     """Train ``recipe`` and write ``<models>/<name>/{model.keras,card.json,history.csv}``.
 
+    A recipe with ``soup_seeds`` trains stage 2 once per seed (same validation split, same
+    stage-1 start; the seed sets augmentation, shuffling and dropout), each in its own resumable
+    run folder, and ships the uniform average of their weights (a "model soup").
+
     Args:
         recipe: What to train.
         data_dir: Dataset folder (see :func:`core.data.find_data_dir`).
@@ -199,12 +204,6 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    state_path = run_dir / "state.json"
-    state = json.loads(state_path.read_text()) if state_path.exists() else {"history": [], "epoch": 0}
-    _check_same_run(state, recipe, run_dir)
-    state["recipe"] = recipe.to_dict()
-    state.setdefault("elapsed_s", 0.0)
-    elapsed_before = state["elapsed_s"]
 
     train_samples, val_samples = split_train_val(list_split(data_dir, "train"), recipe.val_fraction, recipe.seed)
     spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize)
@@ -213,9 +212,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     y_tr = np.array([s.label for s in train_samples])
     y_va = np.array([s.label for s in val_samples])
 
-    model = build_model(recipe.kind, recipe.backbone, recipe.input_size, recipe.dropout,
-                        "imagenet", recipe.trainable_top_layers)
-    init_sha = None
+    init_weights, init_sha = None, None
     if recipe.init_from:
         source_spec = InputSpec.from_card(load_card(recipe.init_from, out_root))
         if source_spec != spec:
@@ -223,13 +220,54 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
                 f"'{recipe.init_from}' was trained on differently preprocessed input "
                 f"({source_spec.to_dict()}) than '{recipe.name}' ({spec.to_dict()}); retrain it first."
             )
-        source = load_keras_model(recipe.init_from, out_root)
-        model.set_weights(source.get_weights())
+        init_weights = load_keras_model(recipe.init_from, out_root).get_weights()
         init_sha = sha256_file(out_root / recipe.init_from / "model.keras")
-    if recipe.kind == "transfer":
-        model = _fit_frozen_head(recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir, state)
+
+    def run(member: Recipe, folder: Path):
+        """One training run of ``member`` in ``folder`` (resumed if it was interrupted)."""
+        t0 = time.time()
+        state_path = folder / "state.json"
+        state = json.loads(state_path.read_text()) if state_path.exists() else {"history": [], "epoch": 0}
+        _check_same_run(state, member, folder)
+        if state.get("done") and member.epochs <= state.get("epochs_budget", 0):
+            log.info("%s: finished earlier, reusing %s", member.name, folder / "best.keras")
+            return keras.saving.load_model(folder / "best.keras", compile=False), state
+        state["recipe"] = member.to_dict()
+        state["epochs_budget"] = member.epochs
+        state.setdefault("elapsed_s", 0.0)
+        keras.utils.set_random_seed(member.seed)
+        model = build_model(member.kind, member.backbone, member.input_size, member.dropout,
+                            "imagenet", member.trainable_top_layers)
+        if init_weights is not None:
+            model.set_weights(init_weights)
+        if member.kind == "transfer":
+            model = _fit_frozen_head(member, model, spec, x_tr, y_tr, x_va, y_va, folder, state)
+            model.save(folder / "best.keras")
+        else:
+            model = _fit_images(member, model, spec, x_tr, y_tr, x_va, y_va, folder, state)
+        fitting[0] += time.time() - t0
+        state["elapsed_s"] += time.time() - t0
+        state["done"] = True
+        state_path.write_text(json.dumps(state, indent=1))
+        return model, state
+
+    soup, fitting = None, [0.0]  # fitting: seconds spent in run() by this call
+    if recipe.soup_seeds:
+        members = []
+        for seed in recipe.soup_seeds:
+            folder = run_dir / f"seed-{seed}"
+            folder.mkdir(exist_ok=True)
+            member_model, member_state = run(replace(recipe, seed=seed, soup_seeds=()), folder)
+            members.append((seed, member_model, member_state))
+        member_probs = [predict_arrays(m, x_va, spec) for _, m, _ in members]
+        model = average_weights([m for _, m, _ in members])
+        soup = _soup_record(members, y_va, member_probs)
+        history = [{"member_seed": seed, **row} for seed, _, st in members for row in st["history"]]
+        state = {"history": history, "best_epoch": [st.get("best_epoch") for _, _, st in members]}
+        fitted = sum(st["elapsed_s"] for _, _, st in members)
     else:
-        model = _fit_images(recipe, model, spec, x_tr, y_tr, x_va, y_va, run_dir, state)
+        model, state = run(recipe, run_dir)
+        fitted = state["elapsed_s"]
 
     val_prob = predict_arrays(model, x_va, spec)
     threshold = choose_threshold(y_va, val_prob, recipe.threshold_rule)
@@ -239,7 +277,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     _write_history(folder / "history.csv", state["history"])
     from sklearn.metrics import roc_auc_score
 
-    elapsed = elapsed_before + time.time() - started
+    elapsed = fitted + (time.time() - started - fitting[0])  # every run's fitting, plus this call's loading and scoring
     card = {
         "name": recipe.name,
         "kind": recipe.kind,
@@ -259,6 +297,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         "config": recipe.to_dict(),
         "initialised_from": {"model": recipe.init_from, "sha256": init_sha} if recipe.init_from else None,
         "seed": recipe.seed,
+        "soup": soup,
         "data": {
             "train_images": len(train_samples),
             "val_images": len(val_samples),
@@ -278,10 +317,45 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         "intended_use": "Research and teaching on pediatric AP chest X-rays (ages 1-5, one centre). Not a medical device.",
     }
     write_card(folder, card)
-    state["elapsed_s"] = elapsed
-    state_path.write_text(json.dumps(state, indent=1))
     log.info("Wrote %s (val AUC %.4f, threshold %.4f)", folder, card["val_metrics"]["roc_auc"], threshold)
     return folder
+
+
+def average_weights(models: list) -> keras.Model:
+    """The uniform "soup" of models with one architecture: every weight is the mean over models.
+
+    Meant for runs fine-tuned from one starting point with BatchNorm frozen, so that the
+    BatchNorm statistics agree and only trained weights are averaged (Wortsman et al., 2022).
+    Returns the first model, its weights replaced by the averages.
+    """
+    if not models:
+        raise ValueError("No models to average.")
+    stacks = [m.get_weights() for m in models]
+    if len({len(w) for w in stacks}) != 1 or any(a.shape != b.shape for w in stacks[1:] for a, b in zip(stacks[0], w)):
+        raise ValueError("Only models with one architecture can be averaged.")
+    frozen = {id(v) for v in models[0].non_trainable_weights}
+    for i, v in enumerate(models[0].weights):
+        if id(v) in frozen and not all(np.array_equal(stacks[0][i], w[i]) for w in stacks[1:]):
+            raise ValueError(f"Frozen weight {v.path} differs between models; they did not start from one point.")
+    soup = models[0]
+    soup.set_weights([np.mean([w[i].astype(np.float64) for w in stacks], axis=0).astype(stacks[0][i].dtype)
+                      for i in range(len(stacks[0]))])
+    return soup
+
+
+def _soup_record(members, y_va, member_probs) -> dict:
+    """What the card says about a soup: its members, each scored on validation."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = [{"seed": seed, "best_epoch": st.get("best_epoch"), "epochs_run": len(st["history"]),
+             "training_time_s": round(st["elapsed_s"], 1), "val_roc_auc": float(roc_auc_score(y_va, p))}
+            for (seed, _, st), p in zip(members, member_probs)]
+    return {
+        "members": rows,
+        "rule": "uniform average of every weight of the members (BatchNorm frozen, so its statistics are shared)",
+        "member_mean_val_roc_auc": float(np.mean([r["val_roc_auc"] for r in rows])),
+        "output_ensemble_val_roc_auc": float(roc_auc_score(y_va, np.mean(member_probs, axis=0))),
+    }
 
 
 def _settings(recipe: Recipe) -> dict:

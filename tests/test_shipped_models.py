@@ -99,4 +99,5 @@ def test_cards_record_the_recipes_that_reproduce_them(shipped_models):
     for name in shipped_models:
         config = {**load_card(name)["config"]}
         config["input_size"] = tuple(config["input_size"])
+        config["soup_seeds"] = tuple(config.get("soup_seeds", ()))
         assert Recipe(**config) == get_recipe(name), name

@@ -112,3 +112,64 @@ def test_cached_backbone_features_are_reused_only_for_the_same_settings(tmp_path
     train(recipe.with_overrides(equalize=False), data, out_root=tmp_path / "models")
     with np.load(run / "features.npz") as f:
         assert json.loads(str(f["key"]))["equalize"] is False
+
+
+def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, monkeypatch):
+    """A soup: one stage-2 run per seed from the same start and split; the shipped weights are their mean."""
+    from core.registry import load_keras_model
+    from core.training import train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = _dataset(tmp_path / "chest_xray", n=8)
+    out = tmp_path / "models"
+    small = dict(epochs=1, batch_size=8, val_fraction=0.25)
+    train(get_recipe("transfer").with_overrides(**small), data, out_root=out)
+    train(get_recipe("finetuned").with_overrides(soup_seeds=(5, 6), **small), data, out_root=out)
+    card = load_card("finetuned", out)
+    runs = tmp_path / "cache" / "runs" / "finetuned"
+    members = [keras_load(runs / f"seed-{s}" / "best.keras") for s in (5, 6)]
+    soup = load_keras_model("finetuned", out)
+    a, b, m = (x.get_layer("top_conv").get_weights()[0] for x in (*members, soup))
+    assert not np.allclose(a, b)  # the seed changed the run
+    np.testing.assert_allclose(m, (a + b) / 2, rtol=1e-6, atol=1e-7)
+    assert [r["seed"] for r in card["soup"]["members"]] == [5, 6] and card["config"]["soup_seeds"] == [5, 6]
+    assert card["seed"] == 42 and card["data"]["split"].endswith("seed 42)")  # members share the split
+    for s in (5, 6):
+        assert json.loads((runs / f"seed-{s}" / "state.json").read_text())["recipe"]["seed"] == s
+    with open(tmp_path / "models" / "finetuned" / "history.csv") as f:
+        assert {r["member_seed"] for r in csv.DictReader(f)} == {"5", "6"}
+
+    # run again with one more member: the finished ones are reused, not retrained
+    before = sha256_file(runs / "seed-5" / "best.keras")
+    train(get_recipe("finetuned").with_overrides(soup_seeds=(5, 6, 7), **small), data, out_root=out)
+    assert sha256_file(runs / "seed-5" / "best.keras") == before
+    assert len(load_card("finetuned", out)["soup"]["members"]) == 3
+
+
+def keras_load(path):
+    import keras
+
+    return keras.saving.load_model(path, compile=False)
+
+
+def test_averaging_refuses_models_that_did_not_start_from_one_point():
+    import keras
+
+    from core.training import average_weights
+
+    def tiny(seed):
+        keras.utils.set_random_seed(seed)
+        inp = keras.Input((4,))
+        bn = keras.layers.BatchNormalization(name="bn")
+        bn.trainable = False
+        return keras.Model(inp, keras.layers.Dense(1)(bn(inp)))
+
+    a, b = tiny(0), tiny(1)
+    b.get_layer("bn").moving_mean.assign(np.ones(4, "float32"))
+    with pytest.raises(ValueError, match="did not start from one point"):
+        average_weights([a, b])
+    with pytest.raises(ValueError, match="one architecture"):
+        average_weights([a, keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)])])
+    c, d = tiny(0), tiny(1)
+    want = (c.layers[-1].get_weights()[0] + d.layers[-1].get_weights()[0]) / 2
+    np.testing.assert_allclose(average_weights([c, d]).layers[-1].get_weights()[0], want, rtol=1e-6)
