@@ -110,12 +110,21 @@ def main(argv=None) -> int:
         return 2
     for name in names if args.model == "all" else [args.model]:
         r = evaluate_model(name, args.data_dir) if args.split == "test" else validation_summary(name, args.data_dir)
-        m = r["at_card_threshold"]
-        print(f"{name:10s} [{args.split}] acc {m['accuracy']:.4f}  sens {m['sensitivity']:.4f}  spec {m['specificity']:.4f}  "
-              f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r['pr_auc']:.4f}  (threshold {m['threshold']:.4f})  "
-              f"Grad-CAM central share {r['gradcam']['central_third_share_mean']:.2f}, "
-              f"border share {r['gradcam']['border_share_mean']:.3f}")
+        print(summary_line(name, args.split, r))
     return 0
+
+
+def summary_line(name: str, split: str, r: dict) -> str:
+    """One printed line per model; Grad-CAM shares read "n/a" when no image was called pneumonia."""
+    m, g = r["at_card_threshold"], r["gradcam"]
+
+    def share(key, digits):
+        return "n/a" if g[key] is None else f"{g[key]:.{digits}f}"
+
+    return (f"{name:10s} [{split}] acc {m['accuracy']:.4f}  sens {m['sensitivity']:.4f}  spec {m['specificity']:.4f}  "
+            f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r['pr_auc']:.4f}  (threshold {m['threshold']:.4f})  "
+            f"Grad-CAM central share {share('central_third_share_mean', 2)}, "
+            f"border share {share('border_share_mean', 3)}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", choices=["efficientnet_lite0", "resnet50"])
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--seed", type=int, help="seed for the validation split, initialisation and augmentation (default 42)")
+    parser.add_argument("--seed", type=int, help="seed for the validation split, initialisation and augmentation (default 42); "
+                                                        "in a soup it sets the split and each run takes its soup seed")
     parser.add_argument("--soup-seeds", type=_seeds, metavar="S,S,…|none",
                         help="train once per seed on one split and average the weights; 'none' trains a single run "
                              "(default: the recipe's, 'finetuned' is a soup)")

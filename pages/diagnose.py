@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import streamlit as st
@@ -60,32 +62,46 @@ if not files:
 limit_mb = st.get_option("server.maxUploadSize")
 models = {name: ui.get_model(name) for name in selected}
 guard = ui.get_ood()
-decoded, errors, flagged, dicom_info = {}, {}, {}, {}
-progress = st.progress(0.0, text="Reading files…") if len(files) > 1 else None
-for i, (filename, data) in enumerate(files):
+# Each file is decoded, checked and scored once per session, not again on every widget change.
+# The readings live in this session's memory only (never on disk) and only while the file is here.
+readings = st.session_state.setdefault("dx_readings", {})
+keys = {filename: f"{filename}\0{hashlib.sha256(data).hexdigest()}" for filename, data in files}
+for stale in set(readings) - set(keys.values()):
+    del readings[stale]
+todo = [(f, data) for f, data in files if keys[f] not in readings]
+progress = st.progress(0.0, text="Reading files…") if len(todo) > 1 else None
+for i, (filename, data) in enumerate(todo):
+    entry = {}
     try:
         if len(data) > limit_mb * 2**20:
             raise ImageDecodeError(f"'{filename}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB.")
-        decoded[filename] = load_grayscale(data, filename=filename)
+        entry["gray"] = load_grayscale(data, filename=filename)
         if is_dicom(data):
-            dicom_info[filename] = dicom_summary(data)
+            entry["dicom"] = dicom_summary(data)
     except ImageDecodeError as exc:
-        errors[filename] = str(exc)
+        entry["error"] = str(exc)
+    readings[keys[filename]] = entry
     if progress:
-        progress.progress((i + 1) / (len(files) + len(models)), text=f"Read {i + 1} of {len(files)} files")
-results = []
-if decoded:
-    batch = np.stack(list(decoded.values()))
-    if guard is not None:
-        flagged = {f: c for f, c in zip(decoded, guard(batch)) if c.flagged}
-    readings = {}
-    for j, (name, model) in enumerate(models.items()):
-        readings[name] = model.diagnose_gray(batch)  # one batched call per model
-        if progress:
-            progress.progress((len(files) + j + 1) / (len(files) + len(models)), text=f"Scored with {name}")
-    results = [(f, gray, readings[name][k]) for k, (f, gray) in enumerate(decoded.items()) for name in models]
+        progress.progress((i + 1) / (len(todo) + len(models)), text=f"Read {i + 1} of {len(todo)} files")
+usable = [f for f, _ in files if "gray" in readings[keys[f]]]
+unchecked = [f for f in usable if "ood" not in readings[keys[f]]]
+if guard is not None and unchecked:
+    for f, check in zip(unchecked, guard(np.stack([readings[keys[f]]["gray"] for f in unchecked])), strict=True):
+        readings[keys[f]]["ood"] = check
+for j, (name, model) in enumerate(models.items()):
+    unscored = [f for f in usable if name not in readings[keys[f]]]
+    if unscored:  # one batched call per model for the files it has not seen
+        for f, d in zip(unscored, model.diagnose_gray(np.stack([readings[keys[f]]["gray"] for f in unscored])),
+                        strict=True):
+            readings[keys[f]][name] = d
+    if progress:
+        progress.progress((len(todo) + j + 1) / (len(todo) + len(models)), text=f"Scored with {name}")
 if progress:
     progress.empty()
+errors = {f: readings[keys[f]]["error"] for f, _ in files if "error" in readings[keys[f]]}
+dicom_info = {f: readings[keys[f]]["dicom"] for f in usable if "dicom" in readings[keys[f]]}
+flagged = {f: readings[keys[f]]["ood"] for f in usable if getattr(readings[keys[f]].get("ood"), "flagged", False)}
+results = [(f, readings[keys[f]]["gray"], readings[keys[f]][name]) for f in usable for name in models]
 
 for filename, message in errors.items():
     st.error(f"**{filename}** was not scored: {message}")

@@ -26,6 +26,20 @@ def metric_row(title: str, roc_auc: float, m: dict) -> None:
         col.metric(label, f"{value:.3f}")
 
 
+def epochs_text(card: dict) -> str:
+    soup = card.get("soup")
+    if not soup:
+        return f"{card['epochs_run']} run, best at {card['best_epoch']}"
+    runs = ", ".join(f"seed {m['seed']}: best at {m['best_epoch']} of {m['epochs_run']}" for m in soup["members"])
+    return f"{len(soup['members'])} runs ({runs})"
+
+
+def soup_text(soup: dict) -> str:
+    aucs = ", ".join(f"{m['val_roc_auc']:.3f}" for m in soup["members"])
+    return (f"the {soup['rule']}; the runs differ only in their training seed (same start, same validation split). "
+            f"Validation ROC AUC of the runs: {aucs}; of their averaged outputs: {soup['output_ensemble_val_roc_auc']:.3f}")
+
+
 def augmentation_text(cfg: dict) -> str:
     if not cfg["augment"]:
         return "off"
@@ -41,6 +55,7 @@ def augmentation_text(cfg: dict) -> str:
 for tab, name in zip(st.tabs(names), names, strict=False):
     card = ui.card(name)
     cfg, data = card["config"], card["data"]
+    soup_row = f"| Weight average | {soup_text(card['soup'])} |\n" if card.get("soup") else ""
     with tab:
         left, right = st.columns([3, 2])
         with left:
@@ -60,8 +75,8 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 | Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)} |
 | Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |
 | Data | {data['train_images']} train / {data['val_images']} validation images ({data['train_patients']} / {data['val_patients']} patients); {data['split']}; fingerprint `{data['fingerprint']}` |
-| Epochs | {card['epochs_run']} run, best at {card['best_epoch']} |
-| Training | {card['training_time_s'] / 60:.1f} min on {card['hardware']}, {card['date'][:10]} |
+| Epochs | {epochs_text(card)} |
+{soup_row}| Training | {card['training_time_s'] / 60:.1f} min on {card['hardware']}, {card['date'][:10]} |
 | Weights | `model.keras`, sha256 `{card['weights_sha256'][:16]}…` |
 """)
         with right:
@@ -78,11 +93,14 @@ for tab, name in zip(st.tabs(names), names, strict=False):
                                "borders (shoulders, corners, labels; uniform: 26 %).")
         hist = ui.history(name)
         if hist is not None and len(hist):
+            runs = list(hist.groupby("member_seed")) if "member_seed" in hist else [(None, hist)]
             cols = st.columns(2)
             for col, metric, title in [(cols[0], "loss", "Loss (BCE with label smoothing)"), (cols[1], "auc", "ROC AUC")]:
                 if metric not in hist:
                     continue
-                fig = go.Figure([go.Scatter(x=hist.epoch, y=hist[metric], name="train"),
-                                 go.Scatter(x=hist.epoch, y=hist[f"val_{metric}"], name="validation")])
+                fig = go.Figure([go.Scatter(x=run.epoch, y=run[col_name], name=part if seed is None else f"{part}, seed {seed}",
+                                            line={"dash": "dot"} if part == "train" else None)
+                                 for seed, run in runs
+                                 for part, col_name in [("train", metric), ("validation", f"val_{metric}")]])
                 fig.update_layout(title=title, xaxis_title="Epoch", yaxis_title=metric, height=320)
                 col.plotly_chart(fig, key=f"mdl_{name}_{metric}")

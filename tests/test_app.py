@@ -34,6 +34,12 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
         card = load_card(name)
         assert ("histogram-equalised" in table) == bool(card["preprocessing"].get("equalize")), name
         assert ("central third blanked" in table) == bool(card["config"].get("central_erasing")), name
+        rows = table.strip().splitlines()
+        assert all(r.startswith("|") for r in rows) and rows[-1].startswith("| Weights"), name  # one unbroken table
+        soup = card.get("soup")
+        assert ("| Weight average |" in table) == bool(soup), name
+        for member in (soup or {}).get("members", []):
+            assert f"seed {member['seed']}: best at {member['best_epoch']}" in table, name
 
 
 def _assert_diagnosed(at, n_models):
@@ -51,6 +57,35 @@ def test_diagnose_scores_an_upload_with_every_model(shipped_models, samples_dir)
     at.run()
     assert not at.warning
     _assert_diagnosed(at, len(shipped_models))
+
+
+def test_diagnose_scores_each_file_once_per_session(shipped_models, samples_dir, monkeypatch):
+    """Moving a slider re-draws from the session's readings; only a newly added file is scored."""
+    from core.inference import LoadedModel
+
+    scored = []
+    original = LoadedModel.diagnose_gray
+
+    def counting(self, gray, batch_size=32):
+        scored.append((self.name, len(gray)))
+        return original(self, gray, batch_size)
+
+    monkeypatch.setattr(LoadedModel, "diagnose_gray", counting)
+    at = _app()
+    first = (samples_dir / "person1314_virus_2269.jpeg").read_bytes()
+    at.file_uploader(key="dx_upload").set_value(("chest.jpeg", first, "image/jpeg")).run()
+    _assert_diagnosed(at, len(shipped_models))
+    assert sorted(scored) == sorted((n, 1) for n in shipped_models)
+    before = [m.value for m in at.metric]
+    at.slider(key="dx_alpha").set_value(0.8).run()
+    at.radio(key="dx_target").set_value("Evidence for normal").run()
+    assert len(scored) == len(shipped_models) and [m.value for m in at.metric] == before
+    second = encode(xray_like(500, 420, seed=3), "PNG")
+    at.file_uploader(key="dx_upload").set_value([("chest.jpeg", first, "image/jpeg"), ("b.png", second, "image/png")])
+    at.run()
+    assert not at.exception and sorted(scored[len(shipped_models):]) == sorted((n, 1) for n in shipped_models)
+    at.file_uploader(key="dx_upload").set_value(("b.png", second, "image/png")).run()
+    assert [k.split("\0")[0] for k in at.session_state["dx_readings"]] == ["b.png"]  # removed file forgotten
 
 
 def test_diagnose_withholds_an_unusual_image_until_asked(shipped_models):

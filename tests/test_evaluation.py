@@ -52,3 +52,15 @@ def test_report_has_everything_the_dashboard_reads():
     assert r["at_card_threshold"]["threshold"] == 0.4 and r["at_0.5"]["threshold"] == 0.5
     assert len(r["roc_curve"]["fpr"]) == len(r["roc_curve"]["tpr"])
     assert 0 <= r["pr_auc"] <= 1 and (r["n"], r["n_pneumonia"], r["n_normal"]) == (10, 6, 4)
+
+
+def test_summary_line_when_no_image_was_called_pneumonia():
+    """The evaluate CLI prints every model, even one that called nothing pneumonia (no Grad-CAM share)."""
+    from core.evaluate import summary_line
+
+    r = {"at_card_threshold": metrics_at(Y, P, 0.99), "roc_auc": 0.9, "pr_auc": 0.8,
+         "gradcam": {"central_third_share_mean": None, "border_share_mean": None}}
+    line = summary_line("baseline", "val", r)
+    assert "central share n/a" in line and "border share n/a" in line and "sens 0.0000" in line
+    r["gradcam"] = {"central_third_share_mean": 0.4412, "border_share_mean": 0.0991}
+    assert "central share 0.44, border share 0.099" in summary_line("baseline", "val", r)

@@ -173,3 +173,14 @@ def test_averaging_refuses_models_that_did_not_start_from_one_point():
     c, d = tiny(0), tiny(1)
     want = (c.layers[-1].get_weights()[0] + d.layers[-1].get_weights()[0]) / 2
     np.testing.assert_allclose(average_weights([c, d]).layers[-1].get_weights()[0], want, rtol=1e-6)
+
+
+def test_train_cli_reads_soup_seeds(capsys):
+    from core.train import _seeds, main
+
+    assert _seeds("42,43") == (42, 43) and _seeds("none") == ()
+    for bad in ("42,x", "1,1"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["finetuned", "--soup-seeds", bad])
+        assert exit_.value.code == 2
+    assert "soup-seeds" in capsys.readouterr().err
