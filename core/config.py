@@ -100,6 +100,7 @@ RECIPES: dict[str, Recipe] = {
         trainable_top_layers=41,
         init_from="transfer",
         early_stopping_patience=3,
+        soup_seeds=(42, 43, 44, 45),
         notes=[
             "Two-stage: stage 1 is the trained 'transfer' model (head on the frozen backbone); "
             "stage 2 unfreezes the top 41 layers (BatchNorm stays frozen) with Adam 1e-4.",
