@@ -71,7 +71,7 @@ for stale in set(readings) - set(keys.values()):
 todo = [(f, data) for f, data in files if keys[f] not in readings]
 progress = st.progress(0.0, text="Reading files…") if len(todo) > 1 else None
 for i, (filename, data) in enumerate(todo):
-    entry = {}
+    entry = {"scores": {}}
     try:
         if len(data) > limit_mb * 2**20:
             raise ImageDecodeError(f"'{filename}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB.")
@@ -89,11 +89,11 @@ if guard is not None and unchecked:
     for f, check in zip(unchecked, guard(np.stack([readings[keys[f]]["gray"] for f in unchecked])), strict=True):
         readings[keys[f]]["ood"] = check
 for j, (name, model) in enumerate(models.items()):
-    unscored = [f for f in usable if name not in readings[keys[f]]]
+    unscored = [f for f in usable if name not in readings[keys[f]]["scores"]]
     if unscored:  # one batched call per model for the files it has not seen
         for f, d in zip(unscored, model.diagnose_gray(np.stack([readings[keys[f]]["gray"] for f in unscored])),
                         strict=True):
-            readings[keys[f]][name] = d
+            readings[keys[f]]["scores"][name] = d
     if progress:
         progress.progress((len(todo) + j + 1) / (len(todo) + len(models)), text=f"Scored with {name}")
 if progress:
@@ -101,7 +101,7 @@ if progress:
 errors = {f: readings[keys[f]]["error"] for f, _ in files if "error" in readings[keys[f]]}
 dicom_info = {f: readings[keys[f]]["dicom"] for f in usable if "dicom" in readings[keys[f]]}
 flagged = {f: readings[keys[f]]["ood"] for f in usable if getattr(readings[keys[f]].get("ood"), "flagged", False)}
-results = [(f, readings[keys[f]]["gray"], readings[keys[f]][name]) for f in usable for name in models]
+results = [(f, readings[keys[f]]["gray"], readings[keys[f]]["scores"][name]) for f in usable for name in models]
 
 for filename, message in errors.items():
     st.error(f"**{filename}** was not scored: {message}")
