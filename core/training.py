@@ -197,7 +197,6 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         The model's folder.
     """
     started = time.time()
-    keras.utils.set_random_seed(recipe.seed)
     data_dir = find_data_dir(data_dir)
     out_root = out_root or models_dir()
     run_dir = cache_dir() / "runs" / recipe.name
@@ -223,8 +222,11 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         init_weights = load_keras_model(recipe.init_from, out_root).get_weights()
         init_sha = sha256_file(out_root / recipe.init_from / "model.keras")
 
+    soup, fitting = None, 0.0  # fitting: seconds spent in run() by this call
+
     def run(member: Recipe, folder: Path):
         """One training run of ``member`` in ``folder`` (resumed if it was interrupted)."""
+        nonlocal fitting
         t0 = time.time()
         state_path = folder / "state.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {"history": [], "epoch": 0}
@@ -245,13 +247,12 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
             model.save(folder / "best.keras")
         else:
             model = _fit_images(member, model, spec, x_tr, y_tr, x_va, y_va, folder, state)
-        fitting[0] += time.time() - t0
+        fitting += time.time() - t0
         state["elapsed_s"] += time.time() - t0
         state["done"] = True
         state_path.write_text(json.dumps(state, indent=1))
         return model, state
 
-    soup, fitting = None, [0.0]  # fitting: seconds spent in run() by this call
     if recipe.soup_seeds:
         members = []
         for seed in recipe.soup_seeds:
@@ -277,7 +278,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     _write_history(folder / "history.csv", state["history"])
     from sklearn.metrics import roc_auc_score
 
-    elapsed = fitted + (time.time() - started - fitting[0])  # every run's fitting, plus this call's loading and scoring
+    elapsed = fitted + (time.time() - started - fitting)  # every run's fitting, plus this call's loading and scoring
     card = {
         "name": recipe.name,
         "kind": recipe.kind,
