@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,16 @@ def _seeds(text: str) -> tuple[int, ...]:
     return seeds
 
 
+def _alpha(text: str) -> float:
+    try:
+        alpha = float(text)
+    except ValueError:
+        alpha = float("nan")
+    if not 0 <= alpha <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return alpha
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__)
     parser.add_argument("recipe", choices=list(RECIPES))
@@ -31,6 +41,9 @@ def main(argv=None) -> int:
     parser.add_argument("--soup-seeds", type=_seeds, metavar="S,S,…|none",
                         help="train once per seed on one split and average the weights; 'none' trains a single run "
                              "(default: the recipe's, 'finetuned' is a soup)")
+    parser.add_argument("--wise-ft-alpha", type=_alpha, metavar="A",
+                        help="ship (1 - A) x the stage-1 weights + A x the fine-tuned weights (WiSE-FT); "
+                             "1 ships the fine-tuned weights (default: the recipe's)")
     parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
     args = parser.parse_args(argv)
@@ -38,7 +51,8 @@ def main(argv=None) -> int:
     from core.training import train
 
     recipe = get_recipe(args.recipe).with_overrides(
-        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds)
+        backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
+        wise_ft_alpha=args.wise_ft_alpha)
     folder = train(recipe, args.data_dir, fresh=args.fresh)
     print(f"Model written to {folder}")
     return 0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from core import LABELS
 from core.backbones import cache_dir
@@ -34,6 +35,8 @@ from core.registry import load_card, load_keras_model, models_dir, sha256_file, 
 __all__ = ["train", "predict_arrays", "hardware", "average_weights"]
 
 log = logging.getLogger(__name__)
+
+WISE_FT_REPORTED_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 def _outputs(model, gray, spec: InputSpec, batch_size=64) -> np.ndarray:
@@ -196,6 +199,8 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     Returns:
         The model's folder.
     """
+    if recipe.wise_ft_alpha != 1.0 and not (recipe.init_from and 0 <= recipe.wise_ft_alpha <= 1):
+        raise ValueError("WiSE-FT needs a stage-1 model to start from ('init_from') and an alpha between 0 and 1.")
     started = time.time()
     data_dir = find_data_dir(data_dir)
     out_root = out_root or models_dir()
@@ -238,8 +243,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         state["epochs_budget"] = member.epochs
         state.setdefault("elapsed_s", 0.0)
         keras.utils.set_random_seed(member.seed)
-        model = build_model(member.kind, member.backbone, member.input_size, member.dropout,
-                            "imagenet", member.trainable_top_layers)
+        model = _build(member)
         if init_weights is not None:
             model.set_weights(init_weights)
         if member.kind == "transfer":
@@ -258,7 +262,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         for seed in recipe.soup_seeds:
             folder = run_dir / f"seed-{seed}"
             folder.mkdir(exist_ok=True)
-            member_model, member_state = run(replace(recipe, seed=seed, soup_seeds=()), folder)
+            member_model, member_state = run(replace(recipe, seed=seed, soup_seeds=(), wise_ft_alpha=1.0), folder)
             members.append((seed, member_model, member_state))
         member_probs = [predict_arrays(m, x_va, spec) for _, m, _ in members]
         model = average_weights([m for _, m, _ in members])
@@ -270,14 +274,27 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         model, state = run(recipe, run_dir)
         fitted = state["elapsed_s"]
 
+    wise = None
+    if recipe.wise_ft_alpha != 1.0:
+        start = _build(recipe)
+        start.set_weights(init_weights)
+        tuned = [w.copy() for w in model.get_weights()]
+        by_alpha = {}
+        for a in WISE_FT_REPORTED_ALPHAS:  # for the card; the recipe's alpha is fixed, not chosen here
+            model.set_weights(tuned)
+            by_alpha[f"{a:g}"] = float(roc_auc_score(y_va, predict_arrays(average_weights([model, start], [a, 1 - a]), x_va, spec)))
+        model.set_weights(tuned)
+        model = average_weights([model, start], [recipe.wise_ft_alpha, 1 - recipe.wise_ft_alpha])
+        wise = {"alpha": recipe.wise_ft_alpha, "start": recipe.init_from, "start_sha256": init_sha,
+                "rule": "every weight = (1 - alpha) x the start's + alpha x the fine-tuned one's (WiSE-FT)",
+                "val_roc_auc_by_alpha": by_alpha}
+
     val_prob = predict_arrays(model, x_va, spec)
     threshold = choose_threshold(y_va, val_prob, recipe.threshold_rule)
     folder = out_root / recipe.name
     folder.mkdir(parents=True, exist_ok=True)
     model.save(folder / "model.keras")
     _write_history(folder / "history.csv", state["history"])
-    from sklearn.metrics import roc_auc_score
-
     elapsed = fitted + (time.time() - started - fitting)  # every run's fitting, plus this call's loading and scoring
     card = {
         "name": recipe.name,
@@ -299,6 +316,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         "initialised_from": {"model": recipe.init_from, "sha256": init_sha} if recipe.init_from else None,
         "seed": recipe.seed,
         "soup": soup,
+        "wise_ft": wise,
         "data": {
             "train_images": len(train_samples),
             "val_images": len(val_samples),
@@ -322,15 +340,25 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     return folder
 
 
-def average_weights(models: list) -> keras.Model:
-    """The uniform "soup" of models with one architecture: every weight is the mean over models.
+def _build(recipe: Recipe) -> keras.Model:
+    return build_model(recipe.kind, recipe.backbone, recipe.input_size, recipe.dropout,
+                       "imagenet", recipe.trainable_top_layers)
+
+
+def average_weights(models: list, coefficients: list[float] | None = None) -> keras.Model:
+    """The weighted average of models with one architecture (uniform by default: a "soup").
 
     Meant for runs fine-tuned from one starting point with BatchNorm frozen, so that the
-    BatchNorm statistics agree and only trained weights are averaged (Wortsman et al., 2022).
+    BatchNorm statistics agree and only trained weights are averaged (Wortsman et al., 2022);
+    the weights the first model keeps frozen must be equal in all. Non-negative
+    ``coefficients`` summing to 1 weight the models (WiSE-FT passes ``[alpha, 1 - alpha]``).
     Returns the first model, its weights replaced by the averages.
     """
     if not models:
         raise ValueError("No models to average.")
+    coefficients = [1 / len(models)] * len(models) if coefficients is None else list(coefficients)
+    if len(coefficients) != len(models) or min(coefficients) < 0 or not np.isclose(sum(coefficients), 1):
+        raise ValueError(f"Need one non-negative coefficient per model, summing to 1; got {coefficients}.")
     stacks = [m.get_weights() for m in models]
     if len({len(w) for w in stacks}) != 1 or any(a.shape != b.shape for w in stacks[1:] for a, b in zip(stacks[0], w)):
         raise ValueError("Only models with one architecture can be averaged.")
@@ -339,15 +367,13 @@ def average_weights(models: list) -> keras.Model:
         if id(v) in frozen and not all(np.array_equal(stacks[0][i], w[i]) for w in stacks[1:]):
             raise ValueError(f"Frozen weight {v.path} differs between models; they did not start from one point.")
     soup = models[0]
-    soup.set_weights([np.mean([w[i].astype(np.float64) for w in stacks], axis=0).astype(stacks[0][i].dtype)
+    soup.set_weights([sum(c * w[i].astype(np.float64) for c, w in zip(coefficients, stacks)).astype(stacks[0][i].dtype)
                       for i in range(len(stacks[0]))])
     return soup
 
 
 def _soup_record(members, y_va, member_probs) -> dict:
     """What the card says about a soup: its members, each scored on validation."""
-    from sklearn.metrics import roc_auc_score
-
     rows = [{"seed": seed, "best_epoch": st.get("best_epoch"), "epochs_run": len(st["history"]),
              "training_time_s": round(st["elapsed_s"], 1), "val_roc_auc": float(roc_auc_score(y_va, p))}
             for (seed, _, st), p in zip(members, member_probs)]
@@ -360,8 +386,10 @@ def _soup_record(members, y_va, member_probs) -> dict:
 
 
 def _settings(recipe: Recipe) -> dict:
-    """What must match for a saved run to be resumed: the recipe as JSON, except its epoch budget."""
-    return {k: v for k, v in json.loads(json.dumps(recipe.to_dict())).items() if k != "epochs"}
+    """What must match for a saved run to be resumed: the recipe as JSON, except its epoch budget,
+    its notes (prose) and the WiSE-FT mix, which is applied to the finished run."""
+    return {k: v for k, v in json.loads(json.dumps(recipe.to_dict())).items()
+            if k not in ("epochs", "notes", "wise_ft_alpha")}
 
 
 def _check_same_run(state: dict, recipe: Recipe, run_dir: Path) -> None:

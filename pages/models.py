@@ -40,6 +40,13 @@ def soup_text(soup: dict) -> str:
             f"Validation ROC AUC of the runs: {aucs}; of their averaged outputs: {soup['output_ensemble_val_roc_auc']:.3f}")
 
 
+def wise_text(wise: dict) -> str:
+    curve = ", ".join(f"{a}: {auc:.3f}" for a, auc in wise["val_roc_auc_by_alpha"].items())
+    return (f"{1 - wise['alpha']:g} × `{wise['start']}` (the start) + {wise['alpha']:g} × the fine-tuned weights, "
+            f"every weight (WiSE-FT; alpha fixed in advance, not chosen on data). "
+            f"Validation ROC AUC by alpha, for information: {curve}")
+
+
 def augmentation_text(cfg: dict) -> str:
     if not cfg["augment"]:
         return "off"
@@ -56,6 +63,7 @@ for tab, name in zip(st.tabs(names), names, strict=False):
     card = ui.card(name)
     cfg, data = card["config"], card["data"]
     soup_row = f"| Weight average | {soup_text(card['soup'])} |\n" if card.get("soup") else ""
+    soup_row += f"| Mixed with its start | {wise_text(card['wise_ft'])} |\n" if card.get("wise_ft") else ""
     with tab:
         left, right = st.columns([3, 2])
         with left:

@@ -40,6 +40,10 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
         assert ("| Weight average |" in table) == bool(soup), name
         for member in (soup or {}).get("members", []):
             assert f"seed {member['seed']}: best at {member['best_epoch']}" in table, name
+        wise = card.get("wise_ft")
+        assert ("| Mixed with its start |" in table) == bool(wise), name
+        if wise:
+            assert f"{1 - wise['alpha']:g} × `{wise['start']}`" in table, name
 
 
 def _assert_diagnosed(at, n_models):

@@ -184,3 +184,54 @@ def test_train_cli_reads_soup_seeds(capsys):
             main(["finetuned", "--soup-seeds", bad])
         assert exit_.value.code == 2
     assert "soup-seeds" in capsys.readouterr().err
+
+
+def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, monkeypatch):
+    """WiSE-FT: the shipped weights are (1 - a) x stage 1 + a x the finished run; the card says so."""
+    from core.registry import load_keras_model
+    from core.training import train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = _dataset(tmp_path / "chest_xray", n=8)
+    out = tmp_path / "models"
+    small = dict(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=())
+    train(get_recipe("transfer").with_overrides(**small), data, out_root=out)
+    train(get_recipe("finetuned").with_overrides(wise_ft_alpha=0.25, **small), data, out_root=out)
+    start = load_keras_model("transfer", out)
+    run = keras_load(tmp_path / "cache" / "runs" / "finetuned" / "best.keras")
+    shipped = load_keras_model("finetuned", out)
+    for layer in ("top_conv", "logit"):
+        s, r, m = (x.get_layer(layer).get_weights()[0] for x in (start, run, shipped))
+        assert not np.allclose(s, r)  # fine-tuning moved it, so the mix is a real test
+        np.testing.assert_allclose(m, 0.75 * s + 0.25 * r, rtol=1e-5, atol=1e-7)
+    wise = load_card("finetuned", out)["wise_ft"]
+    assert wise["alpha"] == 0.25 and wise["start"] == "transfer"
+    assert wise["start_sha256"] == load_card("transfer", out)["weights_sha256"]
+    assert set(wise["val_roc_auc_by_alpha"]) == {"0", "0.25", "0.5", "0.75", "1"}
+    assert wise["val_roc_auc_by_alpha"]["0.25"] == pytest.approx(load_card("finetuned", out)["val_metrics"]["roc_auc"])
+
+    # the finished run is reused for another alpha (the mix is not part of the run's settings)
+    before = sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras")
+    train(get_recipe("finetuned").with_overrides(**small), data, out_root=out)
+    assert sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras") == before
+    assert load_card("finetuned", out)["wise_ft"] is None
+    np.testing.assert_array_equal(load_keras_model("finetuned", out).get_layer("logit").get_weights()[0],
+                                  run.get_layer("logit").get_weights()[0])
+
+
+def test_wise_ft_needs_a_start_and_a_valid_alpha(tmp_path, capsys):
+    from core.train import _alpha, main
+    from core.training import average_weights, train
+
+    for recipe in (get_recipe("baseline").with_overrides(wise_ft_alpha=0.5),
+                   get_recipe("finetuned").with_overrides(wise_ft_alpha=1.5)):
+        with pytest.raises(ValueError, match="WiSE-FT"):
+            train(recipe, tmp_path, out_root=tmp_path)
+    with pytest.raises(ValueError, match="coefficient"):
+        average_weights([object(), object()], [0.7, 0.7])
+    assert _alpha("0.5") == 0.5
+    for bad in ("1.5", "-0.1", "half", "nan"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["finetuned", "--wise-ft-alpha", bad])
+        assert exit_.value.code == 2
+    assert "wise-ft-alpha" in capsys.readouterr().err
