@@ -122,7 +122,7 @@ def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, m
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = _dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
-    small = dict(epochs=1, batch_size=8, val_fraction=0.25)
+    small = dict(epochs=1, batch_size=8, val_fraction=0.25, wise_ft_alpha=1.0)  # the soup alone, not mixed with its start
     train(get_recipe("transfer").with_overrides(**small), data, out_root=out)
     train(get_recipe("finetuned").with_overrides(soup_seeds=(5, 6), **small), data, out_root=out)
     card = load_card("finetuned", out)
@@ -212,7 +212,7 @@ def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, mon
 
     # the finished run is reused for another alpha (the mix is not part of the run's settings)
     before = sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras")
-    train(get_recipe("finetuned").with_overrides(**small), data, out_root=out)
+    train(get_recipe("finetuned").with_overrides(wise_ft_alpha=1.0, **small), data, out_root=out)
     assert sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras") == before
     assert load_card("finetuned", out)["wise_ft"] is None
     np.testing.assert_array_equal(load_keras_model("finetuned", out).get_layer("logit").get_weights()[0],
