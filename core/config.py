@@ -114,8 +114,8 @@ RECIPES: dict[str, Recipe] = {
             "heart) blanked, to push the model to find its evidence in the lung fields.",
             EQUALIZE_NOTE,
             "Shipped weights: the average of the four stage-2 runs (seeds 42-45), then mixed half and half "
-            "with the 'transfer' weights they started from (WiSE-FT), which keeps more of what the frozen "
-            "ImageNet features carry for X-rays unlike the training set.",
+            "with the 'transfer' weights they started from (WiSE-FT, Wortsman et al. 2022), which tends to hold "
+            "up better than the fine-tuned weights alone on images unlike the training set.",
         ],
     ),
 }
