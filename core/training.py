@@ -276,20 +276,9 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
 
     wise = None
     if recipe.wise_ft_alpha != 1.0:
-        start = _build(recipe)
-        start.set_weights(init_weights)
-        tuned = [w.copy() for w in model.get_weights()]
-        by_alpha = {}
-        for a in WISE_FT_REPORTED_ALPHAS:  # for the card; the recipe's alpha is fixed, not chosen here
-            model.set_weights(tuned)
-            by_alpha[f"{a:g}"] = float(roc_auc_score(y_va, predict_arrays(average_weights([model, start], [a, 1 - a]), x_va, spec)))
-        model.set_weights(tuned)
-        model = average_weights([model, start], [recipe.wise_ft_alpha, 1 - recipe.wise_ft_alpha])
-        wise = {"alpha": recipe.wise_ft_alpha, "start": recipe.init_from, "start_sha256": init_sha,
-                "rule": "every weight = (1 - alpha) x the start's + alpha x the fine-tuned one's (WiSE-FT)",
-                "val_roc_auc_by_alpha": by_alpha}
-
-    val_prob = predict_arrays(model, x_va, spec)
+        model, wise, val_prob = _wise_ft(recipe, model, init_weights, init_sha, x_va, y_va, spec)
+    else:
+        val_prob = predict_arrays(model, x_va, spec)
     threshold = choose_threshold(y_va, val_prob, recipe.threshold_rule)
     folder = out_root / recipe.name
     folder.mkdir(parents=True, exist_ok=True)
@@ -343,6 +332,28 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
 def _build(recipe: Recipe) -> keras.Model:
     return build_model(recipe.kind, recipe.backbone, recipe.input_size, recipe.dropout,
                        "imagenet", recipe.trainable_top_layers)
+
+
+def _wise_ft(recipe: Recipe, tuned_model, start_weights, start_sha, x_va, y_va, spec):
+    """Mix the fine-tuned model with its start at the recipe's alpha (WiSE-FT).
+
+    Also scores the mix on validation at the alphas the card reports, for information only:
+    the recipe's alpha is fixed, not chosen here. Returns (mixed model, card record, its
+    validation probabilities).
+    """
+    start = _build(recipe)
+    start.set_weights(start_weights)
+    tuned = tuned_model.get_weights()
+
+    def mix(a):
+        tuned_model.set_weights(tuned)
+        return average_weights([tuned_model, start], [a, 1 - a])
+
+    probs = {a: predict_arrays(mix(a), x_va, spec) for a in sorted({*WISE_FT_REPORTED_ALPHAS, recipe.wise_ft_alpha})}
+    record = {"alpha": recipe.wise_ft_alpha, "start": recipe.init_from, "start_sha256": start_sha,
+              "rule": "every weight = (1 - alpha) x the start's + alpha x the fine-tuned one's (WiSE-FT)",
+              "val_roc_auc_by_alpha": {f"{a:g}": float(roc_auc_score(y_va, p)) for a, p in probs.items()}}
+    return mix(recipe.wise_ft_alpha), record, probs[recipe.wise_ft_alpha]
 
 
 def average_weights(models: list, coefficients: list[float] | None = None) -> keras.Model:

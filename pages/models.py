@@ -62,8 +62,8 @@ def augmentation_text(cfg: dict) -> str:
 for tab, name in zip(st.tabs(names), names, strict=False):
     card = ui.card(name)
     cfg, data = card["config"], card["data"]
-    soup_row = f"| Weight average | {soup_text(card['soup'])} |\n" if card.get("soup") else ""
-    soup_row += f"| Mixed with its start | {wise_text(card['wise_ft'])} |\n" if card.get("wise_ft") else ""
+    mix_rows = f"| Weight average | {soup_text(card['soup'])} |\n" if card.get("soup") else ""
+    mix_rows += f"| Mixed with its start | {wise_text(card['wise_ft'])} |\n" if card.get("wise_ft") else ""
     with tab:
         left, right = st.columns([3, 2])
         with left:
@@ -84,7 +84,7 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 | Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |
 | Data | {data['train_images']} train / {data['val_images']} validation images ({data['train_patients']} / {data['val_patients']} patients); {data['split']}; fingerprint `{data['fingerprint']}` |
 | Epochs | {epochs_text(card)} |
-{soup_row}| Training | {card['training_time_s'] / 60:.1f} min on {card['hardware']}, {card['date'][:10]} |
+{mix_rows}| Training | {card['training_time_s'] / 60:.1f} min on {card['hardware']}, {card['date'][:10]} |
 | Weights | `model.keras`, sha256 `{card['weights_sha256'][:16]}…` |
 """)
         with right:
