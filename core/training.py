@@ -91,8 +91,11 @@ class _Resumable(keras.callbacks.Callback):
     def __init__(self, run_dir: Path, inner: keras.Model, state: dict, stoppers: list):
         super().__init__()
         self.run_dir, self.inner, self.state, self.stoppers = run_dir, inner, state, stoppers
+        self.clock = (time.time(), state.get("elapsed_s", 0.0))  # so a killed run keeps the time it spent
 
     def on_epoch_end(self, epoch, logs=None):
+        started, spent_before = self.clock
+        self.state["elapsed_s"] = spent_before + time.time() - started
         logs = {k: float(v) for k, v in (logs or {}).items()}
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.state["history"].append({"epoch": epoch + 1, **logs})
@@ -241,7 +244,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
             return keras.saving.load_model(folder / "best.keras", compile=False), state
         state["recipe"] = member.to_dict()
         state["epochs_budget"] = member.epochs
-        state.setdefault("elapsed_s", 0.0)
+        spent_before = state.setdefault("elapsed_s", 0.0)  # by earlier, interrupted calls
         keras.utils.set_random_seed(member.seed)
         model = _build(member)
         if init_weights is not None:
@@ -252,7 +255,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         else:
             model = _fit_images(member, model, spec, x_tr, y_tr, x_va, y_va, folder, state)
         fitting += time.time() - t0
-        state["elapsed_s"] += time.time() - t0
+        state["elapsed_s"] = spent_before + time.time() - t0
         state["done"] = True
         state_path.write_text(json.dumps(state, indent=1))
         return model, state

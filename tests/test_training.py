@@ -52,6 +52,35 @@ def test_train_writes_artifacts_and_resumes(tmp_path, monkeypatch):
         train(recipe.with_overrides(epochs=3, seed=7), data, out_root=tmp_path / "models")
 
 
+def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
+    """A run killed after epoch 1 resumes at epoch 2, and the card counts both calls' training time."""
+    from core import training
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = _dataset(tmp_path / "chest_xray", n=8)
+    recipe = get_recipe("baseline").with_overrides(input_size=(64, 64), epochs=2, batch_size=8, val_fraction=0.25)
+    save = training._Resumable.on_epoch_end
+
+    def killed_after_first_epoch(self, epoch, logs=None):
+        save(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training._Resumable, "on_epoch_end", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        training.train(recipe, data, out_root=tmp_path / "models", fresh=True)
+    state = json.loads((tmp_path / "cache" / "runs" / "baseline" / "state.json").read_text())
+    assert state["epoch"] == 1 and not state.get("done")
+    assert state["elapsed_s"] > 0
+
+    monkeypatch.setattr(training._Resumable, "on_epoch_end", save)
+    training.train(recipe, data, out_root=tmp_path / "models")
+    card = load_card("baseline", tmp_path / "models")
+    assert card["epochs_run"] == 2
+    resumed = json.loads((tmp_path / "cache" / "runs" / "baseline" / "state.json").read_text())
+    assert resumed["elapsed_s"] > state["elapsed_s"]
+    assert card["training_time_s"] >= round(resumed["elapsed_s"], 1)
+
+
 def test_recipes_are_complete():
     assert set(RECIPES) == {"baseline", "transfer", "finetuned"}
     ft = RECIPES["finetuned"]
