@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -64,6 +65,23 @@ def withheld_unless_asked(check, key: str) -> bool:
         return False
     st.warning(check.warning + " The diagnosis is withheld.")
     return not st.checkbox("Show the models' output anyway", key=key)
+
+
+def one_image_readings(gray: np.ndarray, names: list[str], slot: str):
+    """The guard's check and each model's diagnosis of one image, computed once while it stays on screen.
+
+    Kept in this session's memory under ``slot`` (one image per slot, never on disk), so moving a
+    widget redraws the page without scoring the image again. Returns ``(ood_check_or_None, {name: Diagnosis})``.
+    """
+    key = f"{gray.shape}\0{gray.dtype}\0{hashlib.sha256(np.ascontiguousarray(gray).tobytes()).hexdigest()}"
+    held = st.session_state.get(slot)
+    if held is None or held["key"] != key:
+        guard = get_ood()
+        held = st.session_state[slot] = {"key": key, "ood": guard(gray)[0] if guard else None, "scores": {}}
+    for name in names:
+        if name not in held["scores"]:
+            held["scores"][name] = get_model(name).diagnose_gray(gray)[0]
+    return held["ood"], {name: held["scores"][name] for name in names}
 
 
 @st.cache_data(show_spinner=False)
@@ -174,7 +192,7 @@ def label_badge(label: str) -> str:
 
 
 __all__ = [
-    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked", "model_names", "card", "metrics", "predictions", "history",
+    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked", "one_image_readings", "model_names", "card", "metrics", "predictions", "history",
     "all_predictions", "data_dir", "test_image", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint",
     "label_badge",
 ]

@@ -73,14 +73,14 @@ elif both is not None:
     gray, caption = ui.test_image(row.filename, row.label), f"{row.filename}: truly {row.label}"
     if gray is None:
         ui.no_data_hint()
-guard = ui.get_ood()
-if gray is not None and ui.withheld_unless_asked(guard(gray)[0] if guard else None, key="cmp_ood"):
+check, scores = ui.one_image_readings(gray, names, "cmp_reading") if gray is not None else (None, {})
+if gray is not None and ui.withheld_unless_asked(check, key="cmp_ood"):
     gray = None
 if gray is not None:
     st.caption(caption)
     cols = st.columns(len(names))
     for col, name in zip(cols, names, strict=False):
-        d = ui.get_model(name).diagnose_gray(gray)[0]
+        d = scores[name]
         col.markdown(f"**{name}**: P(pneumonia) = {d.probability:.1%} → {ui.label_badge(d.label)}",
                      unsafe_allow_html=True)
         col.image(overlay(gray, d.heatmap(gray.shape, "PNEUMONIA")), caption="Grad-CAM, evidence for pneumonia",
@@ -105,7 +105,8 @@ if len(disagree):
     else:
         cols = st.columns(len(names) + 1)
         cols[0].image(gray, caption=f"{row.filename}: truly {row.label}", width="stretch")
+        _, scores = ui.one_image_readings(gray, names, "cmp_disagree_reading")
         for col, name in zip(cols[1:], names, strict=False):
-            d = ui.get_model(name).diagnose_gray(gray)[0]
+            d = scores[name]
             col.image(overlay(gray, d.heatmap(gray.shape, d.label)),
                       caption=f"{name}: {d.probability:.1%} → {d.label}", width="stretch")

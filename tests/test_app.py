@@ -135,6 +135,36 @@ def test_compare_lists_every_shipped_model(shipped_models):
     assert list(_table(at, "ROC AUC").index) == shipped_models
 
 
+def test_compare_scores_its_images_once_while_they_stay(shipped_models, data_dir, monkeypatch):
+    """Reruns redraw the compare page from the session's readings; only a newly picked image is scored."""
+    from core.inference import LoadedModel
+
+    scored = []
+    original = LoadedModel.diagnose_gray
+
+    def counting(self, gray, batch_size=32):
+        if gray.min() != gray.max():  # not the flat image the "ms per image" column times
+            scored.append(self.name)
+        return original(self, gray, batch_size)
+
+    monkeypatch.setattr(LoadedModel, "diagnose_gray", counting)
+    n = len(shipped_models)
+    at = _app("pages/compare.py")
+    assert sorted(scored) == sorted(shipped_models * 2)  # the first test file, and the first disagreement
+    at.radio(key="cmp_source").set_value("Upload").run()
+    assert len(scored) == 2 * n
+    at.file_uploader(key="cmp_upload").set_value(("chest.png", encode(xray_like(224, 224, seed=5), "PNG"), "image/png"))
+    at.run()
+    at.checkbox(key="cmp_ood").check().run()  # whatever the guard says, show the scores
+    assert not at.exception and sum("P(pneumonia) =" in m.value for m in at.markdown) == n
+    assert sorted(scored[2 * n:]) == sorted(shipped_models)  # the upload, once
+    at.run()
+    assert len(scored) == 3 * n
+    picks = at.selectbox(key="cmp_disagree_pick").options
+    at.selectbox(key="cmp_disagree_pick").set_value(picks[1]).run()
+    assert not at.exception and sorted(scored[3 * n:]) == sorted(shipped_models)
+
+
 def test_misclassified_counts_match_the_predictions(shipped_models):
     from core.registry import load_card
     from pages._ui import predictions
