@@ -124,7 +124,9 @@ def summary_line(name: str, split: str, r: dict) -> str:
     return (f"{name:10s} [{split}] acc {m['accuracy']:.4f}  sens {m['sensitivity']:.4f}  spec {m['specificity']:.4f}  "
             f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r['pr_auc']:.4f}  (threshold {m['threshold']:.4f})  "
             f"Grad-CAM central share {share('central_third_share_mean', 2)}, "
-            f"border share {share('border_share_mean', 3)}")
+            f"border share {share('border_share_mean', 3)}"
+            + ("  95 % CI: acc {:.3f}-{:.3f}, ROC AUC {:.3f}-{:.3f}".format(*r["ci95"]["accuracy"], *r["ci95"]["roc_auc"])
+               if "ci95" in r else ""))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
 def results_table(root=None) -> str:
-    """Markdown table of test metrics (at each card threshold) for every shipped model."""
+    """Markdown table of test metrics (at each card threshold) for every shipped model, with the
+    bootstrap intervals ``metrics.json`` holds."""
     root = root or models_dir()
     lines = [
-        "| model | backbone | test accuracy | sensitivity | specificity | precision | F1 | ROC AUC | PR AUC "
+        "| model | backbone | test accuracy (95 % CI) | sensitivity | specificity | precision | F1 | ROC AUC (95 % CI) | PR AUC "
         "| threshold (from validation) | val ROC AUC | training time | hardware |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -25,14 +26,19 @@ def results_table(root=None) -> str:
         if not path.exists():
             continue
         r = json.loads(path.read_text())
-        m = r["at_card_threshold"]
+        m, ci = r["at_card_threshold"], r.get("ci95", {})
         lines.append(
-            f"| {name} | {card['backbone'] or 'none'} | {m['accuracy']:.3f} | {m['sensitivity']:.3f} | "
-            f"{m['specificity']:.3f} | {m['precision']:.3f} | {m['f1']:.3f} | {r['roc_auc']:.3f} | {r['pr_auc']:.3f} | "
+            f"| {name} | {card['backbone'] or 'none'} | {_with_ci(m['accuracy'], ci, 'accuracy')} | {m['sensitivity']:.3f} | "
+            f"{m['specificity']:.3f} | {m['precision']:.3f} | {m['f1']:.3f} | {_with_ci(r['roc_auc'], ci, 'roc_auc')} | "
+            f"{r['pr_auc']:.3f} | "
             f"{m['threshold']:.3f} | {card['val_metrics']['roc_auc']:.3f} | {card['training_time_s'] / 60:.1f} min | "
             f"{card['hardware']} |"
         )
     return "\n".join(lines)
+
+
+def _with_ci(value: float, ci: dict, key: str) -> str:
+    return f"{value:.3f}" + (" ({:.3f}–{:.3f})".format(*ci[key]) if key in ci else "")
 
 
 def update_readme(path) -> None:

@@ -112,6 +112,15 @@ def predictions(name: str) -> pd.DataFrame | None:
     return df
 
 
+@st.cache_data(show_spinner=False, max_entries=512)
+def metric_intervals(name: str, threshold: float) -> dict:
+    """Bootstrap 95 % intervals of the test metrics at ``threshold`` (the ROC AUC's is in ``metrics.json``)."""
+    from core.evaluation import bootstrap_ci
+
+    df = predictions(name)
+    return bootstrap_ci(df.y, df.probability, threshold, curves=False)
+
+
 @st.cache_data(show_spinner=False)
 def history(name: str) -> pd.DataFrame | None:
     path = models_dir() / name / "history.csv"
@@ -192,7 +201,7 @@ def label_badge(label: str) -> str:
 
 
 __all__ = [
-    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked", "one_image_readings", "model_names", "card", "metrics", "predictions", "history",
+    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked", "one_image_readings", "model_names", "card", "metrics", "predictions", "metric_intervals", "history",
     "all_predictions", "data_dir", "test_image", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint",
     "label_badge",
 ]

@@ -30,6 +30,15 @@ cm = m["confusion_matrix"]
 cols = st.columns(5)
 for col, key in zip(cols, ["accuracy", "sensitivity", "specificity", "precision", "f1"], strict=False):
     col.metric(key.capitalize() if key != "f1" else "F1", f"{m[key]:.3f}")
+ci = ui.metric_intervals(name, threshold)
+auc_ci = report.get("ci95", {}).get("roc_auc")
+st.caption(
+    "95 % intervals for another test set of the same make-up (bootstrap: the test images resampled within each "
+    f"class {ci['resamples']} times): " + " · ".join(f"{k} {ci[k][0]:.3f}–{ci[k][1]:.3f}" for k in
+                                                   ("accuracy", "sensitivity", "specificity"))
+    + (f" · ROC AUC {auc_ci[0]:.3f}–{auc_ci[1]:.3f}" if auc_ci else "")
+    + ". They show the test set's sampling noise only, not how much another training run would differ.",
+)
 
 left, right = st.columns(2)
 with left:

@@ -130,6 +130,24 @@ def test_threshold_slider_changes_the_confusion_matrix(shipped_models):
     assert sum(map(sum, after)) == sum(map(sum, before))
 
 
+def test_metrics_page_gives_intervals_at_the_chosen_threshold(shipped_models):
+    """The caption's bootstrap intervals follow the slider and, at the card threshold, equal metrics.json's."""
+    import json
+
+    from core.registry import models_dir
+
+    at = _app("pages/test_metrics.py")
+    name = at.selectbox(key="tm_model").value
+    shipped = json.loads((models_dir() / name / "metrics.json").read_text())["ci95"]
+    caption = next(c.value for c in at.caption if "95 % intervals" in c.value)
+    for key in ("accuracy", "sensitivity", "specificity", "roc_auc"):
+        low, high = shipped[key]
+        assert f"{key.replace('roc_auc', 'ROC AUC')} {low:.3f}–{high:.3f}" in caption, key
+    at.slider(key=f"tm_threshold_{name}").set_value(0.99).run()
+    moved = next(c.value for c in at.caption if "95 % intervals" in c.value)
+    assert not at.exception and moved != caption
+
+
 def test_compare_lists_every_shipped_model(shipped_models):
     at = _app("pages/compare.py")
     assert list(_table(at, "ROC AUC").index) == shipped_models

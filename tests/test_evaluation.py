@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from core.evaluation import calibration_bins, choose_threshold, full_report, metrics_at
+from core.evaluation import bootstrap_ci, calibration_bins, choose_threshold, full_report, metrics_at
 
 # 4 normal, 6 pneumonia
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
@@ -52,6 +52,44 @@ def test_report_has_everything_the_dashboard_reads():
     assert r["at_card_threshold"]["threshold"] == 0.4 and r["at_0.5"]["threshold"] == 0.5
     assert len(r["roc_curve"]["fpr"]) == len(r["roc_curve"]["tpr"])
     assert 0 <= r["pr_auc"] <= 1 and (r["n"], r["n_pneumonia"], r["n_normal"]) == (10, 6, 4)
+    assert r["ci95"]["level"] == 0.95 and len(r["ci95"]["accuracy"]) == 2
+
+
+def _scores(n_pos=380, n_neg=220, seed=1):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    return y, np.clip(rng.normal(0.35 + 0.3 * y, 0.2), 0, 1)
+
+
+def test_bootstrap_keeps_each_class_count():
+    """Resampling within each class: calling everything pneumonia scores the same on every resample."""
+    y, _ = _scores()
+    ci = bootstrap_ci(y, np.ones(len(y)), 0.5, n_resamples=300, curves=False)
+    assert ci["sensitivity"] == [1.0, 1.0] and ci["specificity"] == [0.0, 0.0]
+    assert ci["accuracy"] == [pytest.approx(380 / 600)] * 2
+
+
+def test_bootstrap_interval_has_the_binomial_width_and_holds_the_estimate():
+    y, p = _scores()
+    ci = bootstrap_ci(y, p, 0.5)
+    m = metrics_at(y, p, 0.5)
+    sens, spec = m["sensitivity"], m["specificity"]
+    # stratified: var(acc) = (n_pos * sens(1 - sens) + n_neg * spec(1 - spec)) / n^2
+    sd = np.sqrt(380 * sens * (1 - sens) + 220 * spec * (1 - spec)) / 600
+    low, high = ci["accuracy"]
+    assert low < m["accuracy"] < high and high - low == pytest.approx(2 * 1.96 * sd, rel=0.12)
+    low, high = ci["specificity"]
+    assert high - low == pytest.approx(2 * 1.96 * np.sqrt(spec * (1 - spec) / 220), rel=0.12)
+    assert ci["roc_auc"][0] < full_report(y, p, 0.5)["roc_auc"] < ci["roc_auc"][1]
+    assert ci == bootstrap_ci(y, p, 0.5)  # seeded: the same intervals every time
+    assert ci["roc_auc"] != bootstrap_ci(y, p, 0.5, seed=1)["roc_auc"]  # and another seed draws other resamples
+
+
+def test_bootstrap_of_a_perfect_ranking_and_of_one_class():
+    ci = bootstrap_ci(Y, np.where(Y == 1, 0.9, 0.1), 0.5, n_resamples=200)
+    assert all(ci[k] == [1.0, 1.0] for k in ("accuracy", "sensitivity", "specificity", "roc_auc", "pr_auc"))
+    with pytest.raises(ValueError, match="both classes"):
+        bootstrap_ci(np.ones(5), np.linspace(0, 1, 5), 0.5)
 
 
 def test_summary_line_when_no_image_was_called_pneumonia():
@@ -64,3 +102,6 @@ def test_summary_line_when_no_image_was_called_pneumonia():
     assert "central share n/a" in line and "border share n/a" in line and "sens 0.0000" in line
     r["gradcam"] = {"central_third_share_mean": 0.4412, "border_share_mean": 0.0991}
     assert "central share 0.44, border share 0.099" in summary_line("baseline", "val", r)
+    assert "CI" not in line  # validation summaries carry no intervals
+    r["ci95"] = {"accuracy": [0.8413, 0.8894], "roc_auc": [0.9498, 0.9768]}
+    assert summary_line("finetuned", "test", r).endswith("95 % CI: acc 0.841-0.889, ROC AUC 0.950-0.977")

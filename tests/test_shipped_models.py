@@ -55,6 +55,7 @@ def test_metrics_json_follows_from_the_predictions(shipped_models):
         for key in ("roc_auc", "pr_auc"):
             assert again[key] == pytest.approx(shipped[key], abs=1e-9)
         assert again["at_card_threshold"] == shipped["at_card_threshold"]
+        assert again["ci95"] == shipped["ci95"]
 
 
 def test_a_handful_of_test_images_reproduce_the_predictions(shipped_models, data_dir):
