@@ -67,21 +67,24 @@ def withheld_unless_asked(check, key: str) -> bool:
     return not st.checkbox("Show the models' output anyway", key=key)
 
 
-def one_image_readings(gray: np.ndarray, names: list[str], slot: str):
-    """The guard's check and each model's diagnosis of one image, computed once while it stays on screen.
+def one_image_readings(gray: np.ndarray, slot: str, names=(), check: bool = False):
+    """The guard's check and each model's diagnosis of one image, each computed once while it stays on screen.
 
-    Kept in this session's memory under ``slot`` (one image per slot, never on disk), so moving a
-    widget redraws the page without scoring the image again. Returns ``(ood_check_or_None, {name: Diagnosis})``.
+    Kept in this session's memory under ``slot`` (one image per slot, never on disk), so moving a widget
+    redraws the page without scoring the image again. Only what is asked for is computed: the guard's
+    check when ``check``, a diagnosis for each of ``names``. Returns ``(OODResult or None, {name: Diagnosis})``.
     """
     key = f"{gray.shape}\0{gray.dtype}\0{hashlib.sha256(np.ascontiguousarray(gray).tobytes()).hexdigest()}"
     held = st.session_state.get(slot)
     if held is None or held["key"] != key:
+        held = st.session_state[slot] = {"key": key, "scores": {}}
+    if check and "ood" not in held:
         guard = get_ood()
-        held = st.session_state[slot] = {"key": key, "ood": guard(gray)[0] if guard else None, "scores": {}}
+        held["ood"] = guard(gray)[0] if guard else None
     for name in names:
         if name not in held["scores"]:
             held["scores"][name] = get_model(name).diagnose_gray(gray)[0]
-    return held["ood"], {name: held["scores"][name] for name in names}
+    return held.get("ood"), {name: held["scores"][name] for name in names}
 
 
 @st.cache_data(show_spinner=False)

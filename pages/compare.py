@@ -73,10 +73,11 @@ elif both is not None:
     gray, caption = ui.test_image(row.filename, row.label), f"{row.filename}: truly {row.label}"
     if gray is None:
         ui.no_data_hint()
-check, scores = ui.one_image_readings(gray, names, "cmp_reading") if gray is not None else (None, {})
-if gray is not None and ui.withheld_unless_asked(check, key="cmp_ood"):
+if gray is not None and ui.withheld_unless_asked(ui.one_image_readings(gray, "cmp_reading", check=True)[0],
+                                                key="cmp_ood"):
     gray = None
 if gray is not None:
+    _, scores = ui.one_image_readings(gray, "cmp_reading", names)
     st.caption(caption)
     cols = st.columns(len(names))
     for col, name in zip(cols, names, strict=False):
@@ -105,7 +106,7 @@ if len(disagree):
     else:
         cols = st.columns(len(names) + 1)
         cols[0].image(gray, caption=f"{row.filename}: truly {row.label}", width="stretch")
-        _, scores = ui.one_image_readings(gray, names, "cmp_disagree_reading")
+        _, scores = ui.one_image_readings(gray, "cmp_disagree_reading", names)
         for col, name in zip(cols[1:], names, strict=False):
             d = scores[name]
             col.image(overlay(gray, d.heatmap(gray.shape, d.label)),

@@ -173,7 +173,8 @@ def test_compare_scores_its_images_once_while_they_stay(shipped_models, data_dir
     assert len(scored) == 2 * n
     at.file_uploader(key="cmp_upload").set_value(("chest.png", encode(xray_like(224, 224, seed=5), "PNG"), "image/png"))
     at.run()
-    at.checkbox(key="cmp_ood").check().run()  # whatever the guard says, show the scores
+    assert "does not look like" in at.warning[0].value and len(scored) == 2 * n  # withheld: not scored
+    at.checkbox(key="cmp_ood").check().run()
     assert not at.exception and sum("P(pneumonia) =" in m.value for m in at.markdown) == n
     assert sorted(scored[2 * n:]) == sorted(shipped_models)  # the upload, once
     at.run()
