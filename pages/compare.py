@@ -17,6 +17,12 @@ ui.ensure_app(__file__)
 st.title("Compare models")
 names = ui.no_models_stop()
 
+
+def _interval(report: dict | None, key: str) -> str | None:
+    ci = (report or {}).get("ci95", {}).get(key)
+    return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else None
+
+
 rows = []
 for name in names:
     report, card = ui.metrics(name), ui.card(name)
@@ -30,7 +36,9 @@ for name in names:
         "specificity": m.get("specificity"),
         "precision": m.get("precision"),
         "F1": m.get("f1"),
+        "accuracy 95 % CI": _interval(report, "accuracy"),
         "ROC AUC": report["roc_auc"] if report else None,
+        "ROC AUC 95 % CI": _interval(report, "roc_auc"),
         "PR AUC": report["pr_auc"] if report else None,
         "parameters": card["parameters"],
         "file size (MB)": (models_dir() / name / "model.keras").stat().st_size / 2**20,
@@ -43,8 +51,9 @@ styled = (table.style.highlight_max(subset=higher, color="#cfe8d8").highlight_mi
           .format({**dict.fromkeys(higher + ["threshold"], "{:.3f}"), "parameters": "{:,.0f}",
                    "file size (MB)": "{:.1f}", "ms per image": "{:.0f}"}))
 st.dataframe(styled, width="stretch", key="cmp_table")
-st.caption("Test-set metrics at each model's card threshold (chosen on validation). ms per image: median time of "
-           "one diagnosis (probability + Grad-CAM) on this server. Best value per column highlighted.")
+st.caption("Test-set metrics at each model's card threshold (chosen on validation), with 95 % bootstrap intervals "
+           "(test images resampled within each class). ms per image: median time of one diagnosis (probability + "
+           "Grad-CAM) on this server. Best value per column highlighted.")
 
 fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance")])
 for name in names:

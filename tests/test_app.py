@@ -149,8 +149,16 @@ def test_metrics_page_gives_intervals_at_the_chosen_threshold(shipped_models):
 
 
 def test_compare_lists_every_shipped_model(shipped_models):
+    import json
+
+    from core.registry import models_dir
+
     at = _app("pages/compare.py")
-    assert list(_table(at, "ROC AUC").index) == shipped_models
+    table = _table(at, "ROC AUC")
+    assert list(table.index) == shipped_models
+    for name in shipped_models:
+        low, high = json.loads((models_dir() / name / "metrics.json").read_text())["ci95"]["accuracy"]
+        assert table.loc[name, "accuracy 95 % CI"] == f"{low:.3f}–{high:.3f}"
 
 
 def test_compare_scores_its_images_once_while_they_stay(shipped_models, data_dir, monkeypatch):
