@@ -11,6 +11,7 @@ __all__ = [
     "full_report",
     "calibration_bins",
     "bootstrap_ci",
+    "interval_text",
 ]
 
 
@@ -119,6 +120,10 @@ def bootstrap_ci(y_true, prob, threshold: float, n_resamples: int = 2000, level:
         out[metric] = [float(low), float(high)]
     return out
 
+
+def interval_text(interval) -> str | None:
+    """``[low, high]`` as the README and the dashboard print it ("0.841–0.889"); ``None`` stays ``None``."""
+    return None if interval is None else f"{interval[0]:.3f}–{interval[1]:.3f}"
 
 def full_report(y_true, prob, threshold: float) -> dict:
     """Everything ``metrics.json`` holds: metrics at the card threshold and at 0.5, curves, and 95 % bootstrap

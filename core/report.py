@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from core.evaluation import interval_text
 from core.registry import available_models, load_card, models_dir
 
 __all__ = ["results_table", "update_readme"]
@@ -38,7 +39,7 @@ def results_table(root=None) -> str:
 
 
 def _with_ci(value: float, ci: dict, key: str) -> str:
-    return f"{value:.3f}" + (" ({:.3f}–{:.3f})".format(*ci[key]) if key in ci else "")
+    return f"{value:.3f}" + (f" ({interval_text(ci[key])})" if key in ci else "")
 
 
 def update_readme(path) -> None:

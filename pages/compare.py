@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.evaluation import interval_text
 from core.gradcam import overlay
 from core.inference import label_for
 from core.preprocessing import ImageDecodeError, load_grayscale
@@ -17,16 +18,11 @@ ui.ensure_app(__file__)
 st.title("Compare models")
 names = ui.no_models_stop()
 
-
-def _interval(report: dict | None, key: str) -> str | None:
-    ci = (report or {}).get("ci95", {}).get(key)
-    return f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else None
-
-
 rows = []
 for name in names:
     report, card = ui.metrics(name), ui.card(name)
     m = report["at_card_threshold"] if report else {}
+    ci = (report or {}).get("ci95", {})
     rows.append({
         "model": name,
         "backbone": card.get("backbone") or "none (from scratch)",
@@ -36,9 +32,9 @@ for name in names:
         "specificity": m.get("specificity"),
         "precision": m.get("precision"),
         "F1": m.get("f1"),
-        "accuracy 95 % CI": _interval(report, "accuracy"),
+        "accuracy 95 % CI": interval_text(ci.get("accuracy")),
         "ROC AUC": report["roc_auc"] if report else None,
-        "ROC AUC 95 % CI": _interval(report, "roc_auc"),
+        "ROC AUC 95 % CI": interval_text(ci.get("roc_auc")),
         "PR AUC": report["pr_auc"] if report else None,
         "parameters": card["parameters"],
         "file size (MB)": (models_dir() / name / "model.keras").stat().st_size / 2**20,

@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from sklearn.metrics import classification_report
 
-from core.evaluation import calibration_bins, metrics_at
+from core.evaluation import calibration_bins, interval_text, metrics_at
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -34,9 +34,9 @@ ci = ui.metric_intervals(name, threshold)
 auc_ci = report.get("ci95", {}).get("roc_auc")
 st.caption(
     "95 % intervals for another test set of the same make-up (bootstrap: the test images resampled within each "
-    f"class {ci['resamples']} times): " + " · ".join(f"{k} {ci[k][0]:.3f}–{ci[k][1]:.3f}" for k in
-                                                   ("accuracy", "sensitivity", "specificity"))
-    + (f" · ROC AUC {auc_ci[0]:.3f}–{auc_ci[1]:.3f}" if auc_ci else "")
+    f"class {ci['resamples']} times): "
+    + " · ".join(f"{k} {interval_text(ci[k])}" for k in ("accuracy", "sensitivity", "specificity"))
+    + (f" · ROC AUC {interval_text(auc_ci)}" if auc_ci else "")
     + ". They show the test set's sampling noise only, not how much another training run would differ.",
 )
 
