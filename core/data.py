@@ -1,4 +1,4 @@
-"""Find the chest X-ray dataset, split it by patient, and load it as arrays."""
+"""Find the chest X-ray dataset, split it by patient, and load it as arrays (no Keras here)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import keras
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
 from core import LABELS
-from core.preprocessing import load_grayscale, to_model_input
+from core.errors import DatasetNotFoundError
+from core.preprocessing import load_grayscale
 
 __all__ = [
     "DATA_ENV",
@@ -26,7 +26,6 @@ __all__ = [
     "split_train_val",
     "fingerprint",
     "load_images",
-    "Batches",
     "class_weights",
 ]
 
@@ -34,10 +33,6 @@ DATA_ENV = "PNEUMONIA_DATA_DIR"
 _DEFAULT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "chest_xray"
 _EXTENSIONS = {".jpeg", ".jpg", ".png"}
 log = logging.getLogger(__name__)
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """No dataset laid out as ``chest_xray/{train,test}/{NORMAL,PNEUMONIA}`` was found."""
 
 
 @dataclass(frozen=True)
@@ -137,34 +132,6 @@ def fingerprint(samples: list[Sample]) -> str:
     for s in sorted(samples, key=lambda s: (s.label, s.name)):
         digest.update(f"{s.label}/{s.name}/{s.path.stat().st_size}\n".encode())
     return digest.hexdigest()[:16]
-
-
-class Batches(keras.utils.PyDataset):
-    """Batches of model inputs from uint8 grayscale images, optionally with sample weights."""
-
-    def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, **kw):
-        super().__init__(**kw)
-        self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
-        self.batch_size, self.shuffle, self.weights = batch_size, shuffle, weights
-        self._rng = np.random.default_rng(seed)
-        self._order = np.arange(len(gray))
-        if shuffle:
-            self._rng.shuffle(self._order)
-
-    def __len__(self):
-        return int(np.ceil(len(self.gray) / self.batch_size))
-
-    def __getitem__(self, i):
-        idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = to_model_input(self.gray[idx], self.spec)
-        y = self.labels[idx][:, None]
-        if self.weights is None:
-            return x, y
-        return x, y, self.weights[self.labels[idx].astype(int)]
-
-    def on_epoch_end(self):
-        if self.shuffle:
-            self._rng.shuffle(self._order)
 
 
 def class_weights(labels) -> np.ndarray:

@@ -10,8 +10,14 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.errors import InvalidDicomError
+from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 
-__all__ = ["decode_dicom", "dicom_summary", "is_dicom"]
+from core.errors import ImageDecodeError
+
+__all__ = ["decode_dicom", "read_dicom", "dicom_summary", "is_dicom"]
 
 
 def is_dicom(data: bytes) -> bool:
@@ -20,11 +26,6 @@ def is_dicom(data: bytes) -> bool:
 
 
 def _read(data: bytes, filename: str | None, header_only: bool = False):
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    from core.preprocessing import ImageDecodeError
-
     try:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=header_only)
     except (InvalidDicomError, EOFError, ValueError, KeyError, OSError, AttributeError, TypeError) as exc:
@@ -59,11 +60,16 @@ def decode_dicom(data: bytes, filename: str | None = None) -> np.ndarray:
     Raises:
         ImageDecodeError: No pixel data, an unreadable compression, or a damaged file.
     """
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    return _pixels(_read(data, filename), filename)
 
-    from core.preprocessing import ImageDecodeError
 
+def read_dicom(data: bytes, filename: str | None = None) -> tuple[np.ndarray, dict]:
+    """Parse a DICOM file once: its image (as :func:`decode_dicom`) and its :func:`dicom_summary`."""
     ds = _read(data, filename)
+    return _pixels(ds, filename), _summary(ds)
+
+
+def _pixels(ds, filename: str | None) -> np.ndarray:
     name = _name(filename)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageDecodeError(f"{name} has no image in it (a DICOM header without pixel data).")
@@ -82,8 +88,6 @@ def decode_dicom(data: bytes, filename: str | None = None) -> np.ndarray:
     if frames > 1:
         arr = arr[0]
     if colour:
-        from PIL import Image
-
         rgb = arr if photometric == "RGB" else _to_rgb(arr, ds)
         rgb = np.asarray(rgb, np.float64)
         rgb = (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-9) * 255
@@ -99,14 +103,15 @@ def decode_dicom(data: bytes, filename: str | None = None) -> np.ndarray:
 
 
 def _to_rgb(arr, ds):
-    from pydicom.pixels import convert_color_space
-
     return convert_color_space(arr, str(ds.PhotometricInterpretation), "RGB")
 
 
 def dicom_summary(data: bytes) -> dict:
     """Only what helps reading: modality, view position, image size, frames. No identifiers."""
-    ds = _read(data, None, header_only=True)  # the pixels are not needed (nor read) here
+    return _summary(_read(data, None, header_only=True))  # the pixels are not needed (nor read) here
+
+
+def _summary(ds) -> dict:
     return {
         "modality": str(ds.get("Modality", "unknown")),
         "view position": str(ds.get("ViewPosition", "") or "not stated"),

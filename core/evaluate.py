@@ -1,4 +1,4 @@
-"""``python -m core.evaluate [--model NAME|all] [--data-dir D]``: score the official test set.
+"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--data-dir D]``: score the official test set.
 
 Writes ``models/<name>/test_predictions.csv`` (filename, label, probability) and
 ``metrics.json``. Nothing here is tuned: the threshold comes from the model card, which
@@ -15,28 +15,30 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core import LABELS
+from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
+from core.evaluation import full_report, interval_text, metrics_at
+from core.gradcam import border_share, central_share
+from core.inference import load_model, score
+from core.registry import available_models, model_files, models_dir
+
+__all__ = ["evaluate_model", "validation_summary", "summary_line", "main"]
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_model(name: str, data_dir=None, root: Path | None = None) -> dict:
     """Score the test split with the shipped model ``name`` and write its artifacts."""
-    from core.data import find_data_dir, fingerprint, list_split, load_images
-    from core.evaluation import full_report
-    from core.inference import load_model
-    from core.registry import models_dir
-
     root = root or models_dir()
     samples = list_split(find_data_dir(data_dir), "test")
     model = load_model(name, root)
-    gray = load_images(samples)
-    diagnoses = model.diagnose_gray(gray)
+    diagnoses = _diagnoses(model, load_images(samples))
     probs = np.array([d.probability for d in diagnoses])
     labels = np.array([s.label for s in samples])
-    folder = root / name
-    with open(folder / "test_predictions.csv", "w", newline="") as f:
+    files = model_files(name, root)
+    with open(files.predictions, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["filename", "label", "probability"])
         for s, p in zip(samples, probs, strict=False):
@@ -47,18 +49,21 @@ def evaluate_model(name: str, data_dir=None, root: Path | None = None) -> dict:
         "model": name,
         "split": "official test",
         "test_fingerprint": fingerprint(samples),
-        "threshold_source": model.card["threshold_rule"],
+        "threshold_source": model.card.threshold_rule,
         **full_report(labels, probs, model.threshold),
         "gradcam": _gradcam_summary(diagnoses, model.threshold),
     }
-    (folder / "metrics.json").write_text(json.dumps(report, indent=1) + "\n")
+    files.metrics.write_text(json.dumps(report, indent=1) + "\n")
     return report
+
+
+def _diagnoses(model, gray: np.ndarray) -> list:
+    """The model's diagnosis of each image, through the serving path."""
+    return [reading.diagnoses[model.name] for reading in score(gray, [model])]
 
 
 def _gradcam_summary(diagnoses, threshold: float) -> dict:
     """Where the PNEUMONIA evidence sits, over images the model calls PNEUMONIA."""
-    from core.gradcam import border_share, central_share
-
     heats = [d.heatmap((224, 224), "PNEUMONIA") for d in diagnoses if d.probability >= threshold]
     heats = [h for h in heats if h.sum() > 0]
 
@@ -77,16 +82,10 @@ def _gradcam_summary(diagnoses, threshold: float) -> dict:
 
 def validation_summary(name: str, data_dir=None, root: Path | None = None) -> dict:
     """Metrics on the model's own validation split (as recorded in its card); writes nothing."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    from core.data import find_data_dir, list_split, load_images, split_train_val
-    from core.evaluation import metrics_at
-    from core.inference import load_model
-
     model = load_model(name, root)
-    cfg = model.card["config"]
+    cfg = model.card.config
     _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
-    diagnoses = model.diagnose_gray(load_images(val))
+    diagnoses = _diagnoses(model, load_images(val))
     probs, labels = np.array([d.probability for d in diagnoses]), np.array([s.label for s in val])
     return {"model": name, "split": "validation", "roc_auc": float(roc_auc_score(labels, probs)),
             "pr_auc": float(average_precision_score(labels, probs)),
@@ -95,8 +94,6 @@ def validation_summary(name: str, data_dir=None, root: Path | None = None) -> di
 
 
 def main(argv=None) -> int:
-    from core.registry import available_models
-
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__)
     parser.add_argument("--model", default="all", help="a model name or 'all'")
     parser.add_argument("--split", choices=["test", "val"], default="test",
@@ -125,7 +122,7 @@ def summary_line(name: str, split: str, r: dict) -> str:
             f"F1 {m['f1']:.4f}  ROC AUC {r['roc_auc']:.4f}  PR AUC {r['pr_auc']:.4f}  (threshold {m['threshold']:.4f})  "
             f"Grad-CAM central share {share('central_third_share_mean', 2)}, "
             f"border share {share('border_share_mean', 3)}"
-            + ("  95 % CI: acc {:.3f}-{:.3f}, ROC AUC {:.3f}-{:.3f}".format(*r["ci95"]["accuracy"], *r["ci95"]["roc_auc"])
+            + (f"  95 % CI: acc {interval_text(r['ci95']['accuracy'])}, ROC AUC {interval_text(r['ci95']['roc_auc'])}"
                if "ci95" in r else ""))
 
 

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+from matplotlib import colormaps
 from PIL import Image
 
 __all__ = [
     "GradCam",
-    "compiled_forward",
     "class_map",
     "upsample",
     "normalise",
     "colourise",
     "overlay",
-    "reference_gradcam",
     "central_share",
     "border_share",
 ]
@@ -46,7 +45,7 @@ class GradCam:
         backend = keras.backend.backend()
         if backend != "tensorflow":
             raise NotImplementedError(f"Grad-CAM serving is implemented for the TensorFlow backend, not {backend}.")
-        import tensorflow as tf
+        import tensorflow as tf  # serving runs on TensorFlow; importing this module must not need it
 
         # autograph=False: nothing here needs conversion, and autograph would write generated
         # source files to the temp directory (we promise a diagnosis writes no files).
@@ -73,20 +72,6 @@ class GradCam:
         self(np.zeros((1, *self._shape), np.float32))
 
 
-def compiled_forward(model: keras.Model):
-    """``model`` as a compiled TensorFlow function of a float32 batch, fixed signature (no
-    retracing), without autograph (which would write generated sources to the temp dir)."""
-    import tensorflow as tf
-
-    shape = tuple(model.inputs[0].shape[1:])
-
-    @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False)
-    def forward(x):
-        return model(x, training=False)
-
-    return forward
-
-
 def class_map(signed: np.ndarray, target: str = "PNEUMONIA") -> np.ndarray:
     """Grad-CAM of one class from the signed map: ReLU of it (PNEUMONIA) or of its negative."""
     if target not in ("PNEUMONIA", "NORMAL"):
@@ -108,8 +93,6 @@ def upsample(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def colourise(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """A [0, 1] map to an RGB uint8 image with a matplotlib colormap."""
-    from matplotlib import colormaps
-
     rgba = colormaps[colormap](np.clip(heat, 0, 1))
     return (rgba[..., :3] * 255).astype(np.uint8)
 
@@ -145,28 +128,3 @@ def border_share(heat: np.ndarray, top: float = 0.12, side: float = 0.08) -> flo
     h, w = heat.shape
     inner = heat[int(top * h) :, int(side * w) : w - int(side * w)].sum()
     return float((total - inner) / total)
-
-
-def reference_gradcam(model, img_array, last_conv_layer_name, pred_index=None):
-    """keras.io's Grad-CAM tutorial recipe, as written there (TensorFlow, eager).
-
-    Kept as the reference the fast path is tested and benchmarked against; the caller
-    first runs ``model.predict`` as the tutorial does.
-    """
-    import tensorflow as tf
-
-    grad_model = keras.models.Model(
-        model.inputs, [model.get_layer(last_conv_layer_name).output, model.output]
-    )
-    with tf.GradientTape() as tape:
-        last_conv_layer_output, preds = grad_model(img_array)
-        if pred_index is None:
-            pred_index = tf.argmax(preds[0])
-        class_channel = preds[:, pred_index]
-    grads = tape.gradient(class_channel, last_conv_layer_output)
-    pooled_grads = tf.reduce_mean(grads, axis=(0, 1, 2))
-    last_conv_layer_output = last_conv_layer_output[0]
-    heatmap = last_conv_layer_output @ pooled_grads[..., tf.newaxis]
-    heatmap = tf.squeeze(heatmap)
-    heatmap = tf.maximum(heatmap, 0) / tf.math.reduce_max(heatmap)
-    return heatmap.numpy()

@@ -1,26 +1,41 @@
-"""The serving path shared by the app, the CLI and evaluation.
+"""The one serving path: read an upload, then check and score a batch of images with any models.
 
-bytes -> :func:`core.preprocessing.load_grayscale` -> model input -> one compiled call
-(:class:`core.gradcam.GradCam`) giving P(pneumonia) and the signed Grad-CAM map.
+Every caller (the CLI, the Diagnose, Compare and Misclassified pages, evaluation) goes through
+:func:`read_upload` and :func:`score`::
+
+    bytes -> read_upload -> Upload.gray (224 x 224 uint8)
+          -> score(grays, models, guard) -> [ImageReading(ood, {model: Diagnosis})]
+
+Each model computes P(pneumonia) and its signed Grad-CAM map in one compiled call
+(:class:`core.gradcam.GradCam`); the guard (:class:`core.ood.OODCheck`) says whether an image
+looks like the training X-rays. Choosing a map's class and drawing it are left to the caller.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from core.errors import ImageDecodeError
 from core.gradcam import GradCam, class_map, normalise, upsample
-from core.preprocessing import InputSpec, load_grayscale, to_model_input
+from core.ood import OODCheck, OODResult
+from core.preprocessing import decode_upload, squash, to_model_input
 from core.registry import load_card, load_keras_model
 
-__all__ = ["Diagnosis", "LoadedModel", "load_model", "label_for", "OODCheck", "OODResult", "OOD_WARNING"]
-
-OOD_WARNING = (
-    "This image does not look like the pediatric chest X-rays the models were trained on "
-    "(out-of-distribution score {score:.2f} > cut-off {cutoff:.2f}); its diagnosis is not trustworthy."
-)
+__all__ = [
+    "Diagnosis",
+    "LoadedModel",
+    "load_model",
+    "label_for",
+    "Upload",
+    "read_upload",
+    "read_file",
+    "ImageReading",
+    "score",
+]
 
 
 @dataclass(frozen=True)
@@ -51,10 +66,10 @@ class LoadedModel:
     def __init__(self, name: str, root: Path | None = None):
         self.name = name
         self.card = load_card(name, root)
-        self.spec = InputSpec.from_card(self.card)
-        self.threshold = float(self.card["threshold"])
+        self.spec = self.card.spec
+        self.threshold = float(self.card.threshold)
         self.keras_model = load_keras_model(name, root)
-        self.explainer = GradCam(self.keras_model, self.card["gradcam_layer"])
+        self.explainer = GradCam(self.keras_model, self.card.gradcam_layer)
         self.explainer.warm_up()
 
     def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32) -> list[Diagnosis]:
@@ -64,12 +79,12 @@ class LoadedModel:
         out: list[Diagnosis] = []
         for start in range(0, len(batch), batch_size):
             probs, signed = self.explainer(to_model_input(batch[start : start + batch_size], self.spec))
-            out += [Diagnosis(self.name, float(p), self.threshold, s) for p, s in zip(probs, signed, strict=False)]
+            out += [Diagnosis(self.name, float(p), self.threshold, s) for p, s in zip(probs, signed, strict=True)]
         return out
 
     def diagnose_bytes(self, data: bytes, filename: str | None = None) -> Diagnosis:
-        """Decode, preprocess and diagnose one uploaded file (raises ``ImageDecodeError``)."""
-        return self.diagnose_gray(load_grayscale(data, filename=filename))[0]
+        """Read and diagnose one file (raises ``ImageDecodeError``)."""
+        return score([read_upload(data, filename).gray], [self])[0].diagnoses[self.name]
 
 
 def load_model(name: str, root: Path | None = None) -> LoadedModel:
@@ -78,35 +93,77 @@ def load_model(name: str, root: Path | None = None) -> LoadedModel:
 
 
 @dataclass(frozen=True)
-class OODResult:
-    """Whether an image looks unlike the training X-rays."""
+class Upload:
+    """A file read for serving: the 224 x 224 grayscale image every model takes, and for DICOM the
+    header fields safe to show (never patient identifiers)."""
 
-    score: float
-    cutoff: float
+    name: str | None
+    gray: np.ndarray  # (224, 224) uint8, squashed as the dataset images were made
+    dicom: dict | None = None
+
+
+def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None = None) -> Upload:
+    """Decode any supported file (JPEG, PNG, BMP, TIFF, DICOM...) once, recognised by content.
+
+    Args:
+        data: The file's bytes (kept in memory only).
+        filename: Its name, used only in messages.
+        max_bytes: Refuse larger files (the dashboard's upload limit).
+
+    Raises:
+        ImageDecodeError: With a message for a person (what is wrong with this file).
+    """
+    if max_bytes is not None and len(data) > max_bytes:
+        limit_mb = max_bytes / 2**20
+        raise ImageDecodeError(f"'{filename or 'This file'}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb:.0f} MB.")
+    gray, dicom = decode_upload(data, filename)
+    return Upload(filename, squash(gray), dicom)
+
+
+def read_file(path: str | Path) -> bytes:
+    """A file's bytes for :func:`read_upload`, with a message for a person when it cannot be read."""
+    p = Path(path)
+    if p.is_dir():
+        raise ImageDecodeError(f"'{path}' is a folder, not an image file.")
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError(f"'{path}' does not exist.") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"'{path}' cannot be read: {exc.strerror or exc}.") from None
+
+
+@dataclass(frozen=True)
+class ImageReading:
+    """What serving says about one image: the guard's verdict (``None`` when not checked) and each
+    asked model's diagnosis."""
+
+    ood: OODResult | None
+    diagnoses: dict[str, Diagnosis] = field(default_factory=dict)
 
     @property
     def flagged(self) -> bool:
-        return self.score > self.cutoff
-
-    @property
-    def warning(self) -> str:
-        return OOD_WARNING.format(score=self.score, cutoff=self.cutoff)
+        """Whether the guard found the image unlike the training X-rays."""
+        return self.ood is not None and self.ood.flagged
 
 
-class OODCheck:
-    """The shipped out-of-distribution guard with its compiled feature extractor."""
+def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel] = (),
+          guard: OODCheck | None = None, batch_size: int = 32) -> list[ImageReading]:
+    """Check and score a batch of images: the guard once per image, each model in batches.
 
-    def __init__(self, root: Path | None = None):
-        from core.ood import feature_extractor, load_guard
+    Args:
+        grays: 224 x 224 uint8 images (``Upload.gray``), a sequence or an ``(N, 224, 224)`` array.
+        models: The models to score with (none: only the guard's check).
+        guard: The out-of-distribution guard, or ``None`` to skip the check.
+        batch_size: Images per compiled call.
 
-        self.guard = load_guard(root)
-        if self.guard is None:
-            raise FileNotFoundError("No out-of-distribution guard under models/ood (run: python -m core.ood).")
-        self._features = feature_extractor()
-        self._features(np.zeros((1, 224, 224), np.uint8))  # warm up
-
-    def __call__(self, gray: np.ndarray) -> list[OODResult]:
-        """Check uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` (224 x 224)."""
-        batch = gray[None] if gray.ndim == 2 else gray
-        scores = self.guard.score(self._features(batch))
-        return [OODResult(float(s), self.guard.cutoff) for s in scores]
+    Returns:
+        One :class:`ImageReading` per image, in order.
+    """
+    batch = np.asarray(grays, dtype=np.uint8) if len(grays) else np.zeros((0, 224, 224), np.uint8)
+    if not len(batch):
+        return []
+    checks = guard(batch) if guard is not None else [None] * len(batch)
+    per_model = {model.name: model.diagnose_gray(batch, batch_size) for model in models}
+    return [ImageReading(check, {name: found[i] for name, found in per_model.items()})
+            for i, check in enumerate(checks)]

@@ -5,6 +5,10 @@ components, fitted on the training split; the score is the Mahalanobis distance 
 plus the residual outside it (scaled by its mean training value). The cut-off is the quantile
 of validation scores that lets ``pass_rate`` of validation X-rays through. What it needs is
 stored in ``models/ood/guard.npz`` (small) with a card.
+
+Serving uses :class:`OODCheck` (the guard with its compiled feature extractor), which gives an
+:class:`OODResult` per image. ``python -m core.ood`` fits the guard; ``--report`` measures it
+(:mod:`core.ood_report`).
 """
 
 from __future__ import annotations
@@ -15,23 +19,53 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import keras
 import numpy as np
 
-__all__ = ["OODGuard", "fit_guard", "load_guard", "feature_extractor", "non_xray_images", "GUARD_DIR"]
+from core.backbones import efficientnet_lite0
+from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
+from core.preprocessing import InputSpec, to_model_input
+from core.registry import guard_files, models_dir, sha256_file, verify_sha256, write_card
+from core.runtime import compiled_forward
+
+__all__ = [
+    "OOD_WARNING",
+    "OODResult",
+    "OODCheck",
+    "OODGuard",
+    "fit_guard",
+    "load_guard",
+    "feature_extractor",
+    "fit_and_save",
+]
 
 log = logging.getLogger(__name__)
-GUARD_DIR = "ood"
+
+OOD_WARNING = (
+    "This image does not look like the pediatric chest X-rays the models were trained on "
+    "(out-of-distribution score {score:.2f} > cut-off {cutoff:.2f}); its diagnosis is not trustworthy."
+)
+
+
+@dataclass(frozen=True)
+class OODResult:
+    """Whether an image looks unlike the training X-rays."""
+
+    score: float
+    cutoff: float
+
+    @property
+    def flagged(self) -> bool:
+        return self.score > self.cutoff
+
+    @property
+    def warning(self) -> str:
+        return OOD_WARNING.format(score=self.score, cutoff=self.cutoff)
 
 
 def feature_extractor(batch_size: int = 64):
     """A function from uint8 grayscale images ``(N, 224, 224)`` to ``(N, 1280)`` pooled ImageNet
     Lite0 features: normalised as Lite0 wants, run in batches through one compiled call."""
-    import keras
-
-    from core.backbones import efficientnet_lite0
-    from core.gradcam import compiled_forward
-    from core.preprocessing import InputSpec, to_model_input
-
     backbone = efficientnet_lite0(weights="imagenet")
     forward = compiled_forward(keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output)))
     spec = InputSpec()
@@ -65,9 +99,28 @@ class OODGuard:
         folder.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(folder / "guard.npz", mean=self.mean, components=self.components,
                             variances=self.variances, residual_scale=self.residual_scale, cutoff=self.cutoff)
-        from core.registry import sha256_file, write_card
-
         write_card(folder, {**card, "weights_file": "guard.npz", "weights_sha256": sha256_file(folder / "guard.npz")})
+
+
+class OODCheck:
+    """The shipped out-of-distribution guard with its compiled feature extractor, warmed up once.
+
+    Raises:
+        FileNotFoundError: No guard is shipped (run ``python -m core.ood``).
+    """
+
+    def __init__(self, root: Path | None = None):
+        self.guard = load_guard(root)
+        if self.guard is None:
+            raise FileNotFoundError("No out-of-distribution guard under models/ood (run: python -m core.ood).")
+        self._features = feature_extractor()
+        self._features(np.zeros((1, 224, 224), np.uint8))  # warm up
+
+    def __call__(self, gray: np.ndarray) -> list[OODResult]:
+        """Check uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` (224 x 224)."""
+        batch = gray[None] if gray.ndim == 2 else gray
+        scores = self.guard.score(self._features(batch))
+        return [OODResult(float(s), self.guard.cutoff) for s in scores]
 
 
 def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components: int = 64,
@@ -88,95 +141,23 @@ def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components
 
 
 def load_guard(root: Path | None = None) -> OODGuard | None:
-    """The shipped guard, or ``None`` when absent. Checks the sha256 in its card."""
-    from core.registry import ModelIntegrityError, models_dir, sha256_file
+    """The shipped guard, or ``None`` when absent. Checks the sha256 in its card.
 
-    folder = (root or models_dir()) / GUARD_DIR
-    if not (folder / "guard.npz").exists():
+    Raises:
+        ModelIntegrityError: ``guard.npz`` is not the file its card describes.
+    """
+    files = guard_files(root)
+    if not files.weights.exists():
         return None
-    card = json.loads((folder / "card.json").read_text())
-    if sha256_file(folder / "guard.npz") != card.get("weights_sha256"):
-        raise ModelIntegrityError("The out-of-distribution guard file does not match the sha256 in its card.")
-    with np.load(folder / "guard.npz", allow_pickle=False) as f:
+    card = json.loads(files.card.read_text())
+    verify_sha256(files.weights, card.get("weights_sha256"), "The out-of-distribution guard")
+    with np.load(files.weights, allow_pickle=False) as f:
         return OODGuard(f["mean"], f["components"], f["variances"], float(f["residual_scale"]), float(f["cutoff"]))
 
 
-def non_xray_images(seed: int = 0) -> dict[str, np.ndarray]:
-    """Things that are not chest X-rays, as 2-D uint8 arrays: photographs (scikit-image),
-    noise, gradients and text. Used to measure how many the guard refuses."""
-    from PIL import Image, ImageDraw
-    from skimage import data
-
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name in ("chelsea", "astronaut", "coffee", "camera", "rocket", "horse", "moon", "page", "text", "brick",
-                 "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "clock"):
-        img = np.asarray(getattr(data, name)())
-        if img.dtype == bool:
-            img = img.astype(np.uint8) * 255
-        out[f"photo:{name}"] = np.asarray(Image.fromarray(img.astype(np.uint8)).convert("L"))
-    out["noise:uniform"] = (rng.random((300, 300)) * 255).astype(np.uint8)
-    out["noise:gaussian"] = np.clip(rng.normal(128, 40, (300, 300)), 0, 255).astype(np.uint8)
-    out["noise:salt-pepper"] = (rng.random((300, 300)) > 0.5).astype(np.uint8) * 255
-    ramp = np.linspace(0, 255, 300)
-    out["gradient:horizontal"] = np.tile(ramp, (300, 1)).astype(np.uint8)
-    out["gradient:vertical"] = np.tile(ramp, (300, 1)).T.astype(np.uint8).copy()
-    out["gradient:radial"] = (255 * np.hypot(*np.mgrid[-1:1:300j, -1:1:300j]) / np.sqrt(2)).astype(np.uint8)
-    for name, (bg, fg) in {"text:document": (255, 0), "text:inverted": (0, 255)}.items():
-        canvas = Image.new("L", (400, 400), bg)
-        draw = ImageDraw.Draw(canvas)
-        for i in range(20):
-            draw.text((10, 10 + 19 * i), "Radiology report: no acute findings. " * 2, fill=fg)
-        out[name] = np.asarray(canvas)
-    canvas = Image.new("L", (400, 400), 0)
-    ImageDraw.Draw(canvas).text((140, 190), "CHEST X-RAY", fill=255)
-    out["text:label"] = np.asarray(canvas)
-    return out
-
-
-def report(data_dir=None) -> dict:
-    """Share of official test X-rays that pass and of non-X-ray images that are refused."""
-    from core.data import find_data_dir, list_split, load_images
-    from core.preprocessing import squash
-
-    guard, extract = load_guard(), feature_extractor()
-    scores = guard.score(extract(load_images(list_split(find_data_dir(data_dir), "test"))))
-    named = non_xray_images()
-    others = dict(zip(named, map(float, guard.score(extract(np.stack([squash(v) for v in named.values()]))))))
-    return {
-        "cutoff": guard.cutoff,
-        "test_xrays": int(len(scores)),
-        "test_xrays_passing": float(np.mean(scores <= guard.cutoff)),
-        "non_xray_images": len(others),
-        "non_xray_refused": float(np.mean([s > guard.cutoff for s in others.values()])),
-        "non_xray_scores": others,
-        "lowest_non_xray_score": min(others.values()),
-        "highest_test_xray_score": float(scores.max()),
-    }
-
-
-def main(argv=None) -> int:
-    """``python -m core.ood [--data-dir D] [--report]``: fit the guard on the training split and
-    save it; with ``--report``, measure it instead (writes ``models/ood/report.json``)."""
-    import argparse
-
-    from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
-    from core.preprocessing import InputSpec
-    from core.registry import models_dir
-
-    parser = argparse.ArgumentParser(prog="python -m core.ood", description=main.__doc__)
-    parser.add_argument("--data-dir")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--report", action="store_true", help="measure the shipped guard instead of fitting it")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.report:
-        result = report(args.data_dir)
-        (models_dir() / GUARD_DIR / "report.json").write_text(json.dumps(result, indent=1) + "\n")
-        print(f"official test X-rays passing: {result['test_xrays_passing']:.1%} of {result['test_xrays']}; "
-              f"non-X-ray images refused: {result['non_xray_refused']:.1%} of {result['non_xray_images']}")
-        return 0
-    train, val = split_train_val(list_split(find_data_dir(args.data_dir), "train"), 0.1, args.seed)
+def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None) -> OODGuard:
+    """Fit the guard on the training split (validation held out by patient as the models') and ship it."""
+    train, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
     extract = feature_extractor()
     guard = fit_guard(extract(load_images(train)), extract(load_images(val)))
     card = {
@@ -187,12 +168,34 @@ def main(argv=None) -> int:
         "cutoff_rule": "99.5th percentile of validation-split scores (99.5 % of validation X-rays pass)",
         "cutoff": guard.cutoff,
         "preprocessing": InputSpec().to_dict(),
-        "seed": args.seed,
+        "seed": seed,
         "data": {"train_images": len(train), "val_images": len(val), "fingerprint": fingerprint(train + val)},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    guard.save(models_dir() / GUARD_DIR, card)
+    guard.save(guard_files(root).folder, card)
     log.info("Guard saved: cut-off %.3f", guard.cutoff)
+    return guard
+
+
+def main(argv=None) -> int:
+    """``python -m core.ood [--data-dir D] [--report]``: fit the guard on the training split and
+    save it; with ``--report``, measure it instead (writes ``models/ood/report.json``)."""
+    import argparse
+
+    from core.ood_report import report, summary
+
+    parser = argparse.ArgumentParser(prog="python -m core.ood", description=main.__doc__)
+    parser.add_argument("--data-dir")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--report", action="store_true", help="measure the shipped guard instead of fitting it")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.report:
+        result = report(OODCheck(), args.data_dir)
+        guard_files().report.write_text(json.dumps(result, indent=1) + "\n")
+        print(summary(result))
+        return 0
+    fit_and_save(args.data_dir, args.seed, models_dir())
     return 0
 
 

@@ -16,12 +16,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from core.dicom import decode_dicom, is_dicom
+from core.dicom import is_dicom, read_dicom
+from core.errors import ImageDecodeError
 
 __all__ = [
     "ImageDecodeError",
     "InputSpec",
     "decode_image",
+    "decode_upload",
     "load_grayscale",
     "squash",
     "equalize",
@@ -38,10 +40,6 @@ DATASET_SIZE = (224, 224)
 MAX_PIXELS = 80_000_000  # an 8000 x 8000 scan fits; a decompression bomb does not
 MIN_SIDE = 64
 MAX_ASPECT = 4.0
-
-
-class ImageDecodeError(ValueError):
-    """An upload cannot be used as a chest X-ray; the message is meant for a person."""
 
 
 @dataclass(frozen=True)
@@ -63,8 +61,9 @@ class InputSpec:
     notes: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_card(cls, card: dict) -> InputSpec:
-        p = dict(card["preprocessing"])
+    def from_card(cls, card) -> InputSpec:
+        """From a model card (:class:`core.cards.ModelCard` or its JSON dict)."""
+        p = dict(card["preprocessing"] if isinstance(card, dict) else card.preprocessing)
         p["size"] = tuple(p["size"])
         for key in ("mean", "std"):
             if isinstance(p.get(key), list):
@@ -122,18 +121,24 @@ def decode_image(data: bytes, filename: str | None = None) -> np.ndarray:
     Raises:
         ImageDecodeError: The bytes are not an image we can read as an X-ray.
     """
+    return decode_upload(data, filename)[0]
+
+
+def decode_upload(data: bytes, filename: str | None = None) -> tuple[np.ndarray, dict | None]:
+    """As :func:`decode_image`, and for a DICOM file also its safe header summary
+    (:func:`core.dicom.dicom_summary`; ``None`` for other formats). The file is parsed once."""
     name = f"'{filename}'" if filename else "This file"
     if not data:
         raise _refuse(f"{name} is empty (0 bytes).")
     if is_dicom(data):
         try:
-            arr = decode_dicom(data, filename)
+            arr, summary = read_dicom(data, filename)
         except ImageDecodeError:
             raise
         except Exception as exc:  # untrusted input: any decoder failure is the file's fault
             raise _refuse(f"{name} is a DICOM file whose image cannot be decoded ({type(exc).__name__}).") from None
         _check_geometry(arr, name)
-        return arr
+        return arr, summary
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -165,7 +170,7 @@ def decode_image(data: bytes, filename: str | None = None) -> np.ndarray:
     except Exception as exc:  # untrusted input: decoders raise odd types (struct.error, IndexError…)
         raise _refuse(f"{name} looks damaged and cannot be decoded ({type(exc).__name__}).") from None
     _check_geometry(arr, name)
-    return arr
+    return arr, None
 
 
 def _check_geometry(arr: np.ndarray, name: str) -> None:
@@ -228,5 +233,6 @@ def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
 
 
 def preprocess(data: bytes, spec: InputSpec, filename: str | None = None) -> np.ndarray:
-    """Bytes to one model input ``(H, W, C)``: the path used by the app and the CLI."""
+    """Bytes to one model input ``(H, W, C)``, in one call (a convenience for scripts and tests; the
+    serving path, :mod:`core.inference`, decodes once and batches :func:`to_model_input`)."""
     return to_model_input(load_grayscale(data, filename=filename), spec)

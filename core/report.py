@@ -1,13 +1,24 @@
-"""``python -m core.report [--update-readme]``: the README's results table, from the shipped artifacts."""
+"""``python -m core.report [--update-readme]``: the generated tables of the README and ``docs/``.
+
+Each table is made from shipped artifacts and sits between ``<!-- NAME:begin -->`` and
+``<!-- NAME:end -->`` markers: ``results`` (README; the models' ``metrics.json`` and cards),
+``speed`` (``docs/speed.md``; ``benchmarks/latest.json``) and ``ood`` (``docs/security.md``;
+``models/ood/report.json``). ``--update-readme`` rewrites every block; the tests check that each
+one equals what its JSON gives.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 
+from core.bench import speed_table
 from core.evaluation import interval_text
-from core.registry import available_models, load_card, models_dir
+from core.ood_report import guard_table
+from core.registry import ROOT, available_models, benchmark_file, guard_files, load_card, load_metrics, models_dir
 
-__all__ = ["results_table", "update_readme"]
+__all__ = ["BEGIN", "END", "BLOCKS", "results_table", "generated", "block_in", "update_docs", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -22,18 +33,16 @@ def results_table(root=None) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in available_models(root):
-        card = load_card(name, root)
-        path = root / name / "metrics.json"
-        if not path.exists():
+        card, r = load_card(name, root), load_metrics(name, root)
+        if r is None:
             continue
-        r = json.loads(path.read_text())
         m, ci = r["at_card_threshold"], r.get("ci95", {})
         lines.append(
-            f"| {name} | {card['backbone'] or 'none'} | {_with_ci(m['accuracy'], ci, 'accuracy')} | {m['sensitivity']:.3f} | "
+            f"| {name} | {card.backbone or 'none'} | {_with_ci(m['accuracy'], ci, 'accuracy')} | {m['sensitivity']:.3f} | "
             f"{m['specificity']:.3f} | {m['precision']:.3f} | {m['f1']:.3f} | {_with_ci(r['roc_auc'], ci, 'roc_auc')} | "
             f"{r['pr_auc']:.3f} | "
-            f"{m['threshold']:.3f} | {card['val_metrics']['roc_auc']:.3f} | {card['training_time_s'] / 60:.1f} min | "
-            f"{card['hardware']} |"
+            f"{m['threshold']:.3f} | {card.val_metrics['roc_auc']:.3f} | {card.training_time_s / 60:.1f} min | "
+            f"{card.hardware} |"
         )
     return "\n".join(lines)
 
@@ -42,19 +51,57 @@ def _with_ci(value: float, ci: dict, key: str) -> str:
     return f"{value:.3f}" + (f" ({interval_text(ci[key])})" if key in ci else "")
 
 
-def update_readme(path) -> None:
-    """Replace the table between the README's results markers with a fresh one."""
-    from pathlib import Path
+# block name -> (the file it sits in, relative to the repository, and how to make it)
+BLOCKS = {
+    "results": ("README.md", results_table),
+    "speed": ("docs/speed.md", lambda: speed_table(json.loads(benchmark_file().read_text()))),
+    "ood": ("docs/security.md", lambda: guard_table(json.loads(guard_files().report.read_text()))),
+}
 
-    text = Path(path).read_text()
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    Path(path).write_text(f"{head}{BEGIN}\n{results_table()}\n{END}{tail}")
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def generated(name: str) -> str:
+    """Block ``name`` as its JSON makes it now."""
+    return BLOCKS[name][1]()
+
+
+def block_in(name: str, root: Path = ROOT) -> str:
+    """Block ``name`` as its document holds it now."""
+    begin, end = _markers(name)
+    return (root / BLOCKS[name][0]).read_text().split(begin, 1)[1].split(end, 1)[0].strip()
+
+
+def update_docs(root: Path = ROOT) -> list[str]:
+    """Rewrite every generated block in place; returns the documents that changed."""
+    changed = []
+    for name, (doc, make) in BLOCKS.items():
+        path = root / doc
+        begin, end = _markers(name)
+        text = path.read_text()
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        new = f"{head}{begin}\n{make()}\n{end}{tail}"
+        if new != text:
+            path.write_text(new)
+            changed.append(doc)
+    return changed
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the generated blocks of README.md and docs/ from the shipped JSON files")
+    args = parser.parse_args(argv)
+    if args.update_readme:
+        for doc in update_docs():
+            print(f"updated {doc}")
+    print(results_table())
+    return 0
 
 
 if __name__ == "__main__":
-    import sys
-
-    if "--update-readme" in sys.argv:
-        update_readme(models_dir().parent / "README.md")
-    print(results_table())
+    raise SystemExit(main())

@@ -6,6 +6,9 @@ import argparse
 import logging
 
 from core.config import RECIPES, get_recipe
+from core.training import train
+
+__all__ = ["main"]
 
 
 def _seeds(text: str) -> tuple[int, ...]:
@@ -48,8 +51,6 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    from core.training import train
-
     recipe = get_recipe(args.recipe).with_overrides(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha)

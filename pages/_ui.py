@@ -1,20 +1,33 @@
-"""UI helpers shared by the pages: cached loaders and small widgets. UI only; logic is in core."""
+"""UI helpers shared by the pages: cached loaders, session readings and small widgets. UI only:
+every decision is in ``core``, every upload is scored through :func:`core.inference.score`."""
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 from PIL import Image
 
-from core import LABELS
-from core.data import DatasetNotFoundError, find_data_dir
-from core.registry import available_models, models_dir
+from core import LABELS, inference, registry
+from core.cards import DISCLAIMER, ModelCard
+from core.data import find_data_dir
+from core.errors import DatasetNotFoundError, ImageDecodeError
+from core.evaluation import bootstrap_ci
+from core.gradcam import overlay
+from core.inference import ImageReading, LoadedModel, Upload
+from core.ood import OODCheck, OODResult
+
+__all__ = [
+    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked",
+    "read_uploads", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
+    "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
+    "test_overlays", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
+]
 
 # Set by app.py when it declares the navigation. Until some session has run app.py, Streamlit
 # serves a deep link (say /compare) the old way, straight from the pages/ folder, without our
@@ -26,40 +39,28 @@ def ensure_app(page_file: str) -> None:
     """Call first on every page (with ``__file__``): route a cold deep link through ``app.py``,
     which then opens this page again under the app's navigation."""
     if not NAVIGATION_DECLARED:
-        from pathlib import Path
-
         st.switch_page("app.py", query_params={"goto": Path(page_file).stem})
 
 
-DISCLAIMER = (
-    "Research and teaching tool for pediatric AP chest X-rays from one centre. "
-    "**Not a medical device**: it must not be used to diagnose or treat patients."
-)
-
-
 @st.cache_resource(show_spinner="Loading model…")
-def get_model(name: str):
+def get_model(name: str) -> LoadedModel:
     """A shipped model, loaded once per server process and shared (never mutated)."""
-    from core.inference import load_model
-
-    return load_model(name)
+    return inference.load_model(name)
 
 
 @st.cache_resource(show_spinner="Loading the out-of-distribution guard…")
-def get_ood():
+def get_ood() -> OODCheck | None:
     """The out-of-distribution guard, or ``None`` when it is not shipped."""
-    from core.inference import OODCheck
-
     try:
         return OODCheck()
     except FileNotFoundError:
         return None
 
 
-def withheld_unless_asked(check, key: str) -> bool:
+def withheld_unless_asked(check: OODResult | None, key: str) -> bool:
     """For an out-of-distribution image: show the warning and a "show anyway" box.
 
-    Returns True while the diagnosis stays withheld (``check`` is an OODResult or None).
+    Returns True while the diagnosis stays withheld.
     """
     if check is None or not check.flagged:
         return False
@@ -67,67 +68,98 @@ def withheld_unless_asked(check, key: str) -> bool:
     return not st.checkbox("Show the models' output anyway", key=key)
 
 
-def one_image_readings(gray: np.ndarray, slot: str, names=(), check: bool = False):
-    """The guard's check and each model's diagnosis of one image, each computed once while it stays on screen.
+def content_key(name: str, data: bytes | np.ndarray) -> str:
+    """A session key for a file or image: its name and the sha256 of its content."""
+    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+    return f"{name}\0{hashlib.sha256(raw).hexdigest()}"
 
-    Kept in this session's memory under ``slot`` (one image per slot, never on disk), so moving a widget
-    redraws the page without scoring the image again. Only what is asked for is computed: the guard's
-    check when ``check``, a diagnosis for each of ``names``. Returns ``(OODResult or None, {name: Diagnosis})``.
+
+def read_uploads(slot: str, files: dict[str, bytes], max_bytes: int | None = None,
+                 progress=None) -> dict[str, Upload | str]:
+    """Each file (key -> bytes) read once while it stays in ``slot``: an :class:`Upload`, or the
+    message saying why it cannot be used. Session memory only, never disk."""
+    held = st.session_state.setdefault(slot, {})
+    for stale in set(held) - set(files):
+        del held[stale]
+    todo = [k for k in files if k not in held]
+    for i, key in enumerate(todo):
+        try:
+            held[key] = inference.read_upload(files[key], key.split("\0")[0], max_bytes)
+        except ImageDecodeError as exc:
+            held[key] = str(exc)
+        if progress:
+            progress(i + 1, len(todo))
+    return {k: held[k] for k in files}
+
+
+def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: bool = False) -> dict[str, ImageReading]:
+    """The guard's check (when ``check``) and each named model's diagnosis of each image (key ->
+    224 x 224 gray), computed once while the image stays in ``slot``.
+
+    Kept in this session's memory (never on disk), so moving a widget redraws the page without
+    scoring again; images no longer given are forgotten. What is missing is scored in one
+    :func:`core.inference.score` call per set of missing pieces.
     """
-    key = f"{gray.shape}\0{gray.dtype}\0{hashlib.sha256(np.ascontiguousarray(gray).tobytes()).hexdigest()}"
-    held = st.session_state.get(slot)
-    if held is None or held["key"] != key:
-        held = st.session_state[slot] = {"key": key, "scores": {}}
-    if check and "ood" not in held:
-        guard = get_ood()
-        held["ood"] = guard(gray)[0] if guard else None
-    for name in names:
-        if name not in held["scores"]:
-            held["scores"][name] = get_model(name).diagnose_gray(gray)[0]
-    return held.get("ood"), {name: held["scores"][name] for name in names}
+    held = st.session_state.setdefault(slot, {})
+    for stale in set(held) - set(images):
+        del held[stale]
+    groups: dict[tuple[bool, tuple[str, ...]], list[str]] = {}
+    for key in images:
+        entry = held.setdefault(key, {"scores": {}})
+        need = (check and "ood" not in entry, tuple(n for n in names if n not in entry["scores"]))
+        if need[0] or need[1]:
+            groups.setdefault(need, []).append(key)
+    for (need_check, need_models), keys in groups.items():
+        found = inference.score([images[k] for k in keys], [get_model(n) for n in need_models],
+                                get_ood() if need_check else None)
+        for key, reading in zip(keys, found, strict=True):
+            if need_check:
+                held[key]["ood"] = reading.ood
+            held[key]["scores"].update(reading.diagnoses)
+    return {k: ImageReading(held[k].get("ood"), {n: held[k]["scores"][n] for n in names}) for k in images}
+
+
+def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False) -> ImageReading:
+    """:func:`session_readings` of one image (the slot holds only it)."""
+    key = content_key(slot, gray)
+    return session_readings(slot, {key: gray}, names, check)[key]
 
 
 @st.cache_data(show_spinner=False)
 def model_names() -> list[str]:
-    return available_models()
+    return registry.available_models()
 
 
 @st.cache_data(show_spinner=False)
-def card(name: str) -> dict:
-    from core.registry import load_card
-
-    return load_card(name)
+def card(name: str) -> ModelCard:
+    return registry.load_card(name)
 
 
 @st.cache_data(show_spinner=False)
 def metrics(name: str) -> dict | None:
-    path = models_dir() / name / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return registry.load_metrics(name)
 
 
 @st.cache_data(show_spinner=False)
 def predictions(name: str) -> pd.DataFrame | None:
-    path = models_dir() / name / "test_predictions.csv"
-    if not path.exists():
-        return None
-    df = pd.read_csv(path)
-    df["y"] = (df["label"] == "PNEUMONIA").astype(int)
-    return df
+    return registry.load_predictions(name)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
 def metric_intervals(name: str, threshold: float) -> dict:
     """Bootstrap 95 % intervals of the test metrics at ``threshold`` (the ROC AUC's is in ``metrics.json``)."""
-    from core.evaluation import bootstrap_ci
-
     df = predictions(name)
     return bootstrap_ci(df.y, df.probability, threshold, curves=False)
 
 
 @st.cache_data(show_spinner=False)
 def history(name: str) -> pd.DataFrame | None:
-    path = models_dir() / name / "history.csv"
-    return pd.read_csv(path) if path.exists() else None
+    return registry.load_history(name)
+
+
+@st.cache_data(show_spinner=False)
+def weights_size_mb(name: str) -> float:
+    return registry.model_files(name).weights.stat().st_size / 2**20
 
 
 @st.cache_data(show_spinner=False)
@@ -152,13 +184,25 @@ def data_dir():
 @st.cache_data(show_spinner=False, max_entries=256)
 def test_image(filename: str, label: str) -> np.ndarray | None:
     """A test image as 224 x 224 grayscale, or ``None`` when the dataset is not here."""
-    from core.preprocessing import load_grayscale
-
     root = data_dir()
     path = root / "test" / label / filename if root else None
     if path is None or not path.exists():
         return None
-    return load_grayscale(path.read_bytes())
+    return inference.read_upload(path.read_bytes(), filename).gray
+
+
+@st.cache_data(show_spinner="Computing Grad-CAM…", max_entries=64)
+def test_overlays(name: str, cases: tuple[tuple[str, str], ...]) -> list[np.ndarray | None]:
+    """Grad-CAM overlays (explaining each image's predicted class) of test images ``(filename, label)``
+    with one model, scored in one batch; ``None`` for an image that is not here."""
+    grays = [test_image(f, label) for f, label in cases]
+    present = [i for i, g in enumerate(grays) if g is not None]
+    found = inference.score([grays[i] for i in present], [get_model(name)])
+    out: list[np.ndarray | None] = [None] * len(cases)
+    for i, reading in zip(present, found, strict=True):
+        d = reading.diagnoses[name]
+        out[i] = overlay(grays[i], d.heatmap(grays[i].shape, d.label))
+    return out
 
 
 @st.cache_data(show_spinner=False)
@@ -201,10 +245,3 @@ def no_data_hint() -> None:
 def label_badge(label: str) -> str:
     colour = "#b5443a" if label == "PNEUMONIA" else "#2e7d4f"
     return f"<span style='color:{colour};font-weight:600'>{label}</span>"
-
-
-__all__ = [
-    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked", "one_image_readings", "model_names", "card", "metrics", "predictions", "metric_intervals", "history",
-    "all_predictions", "data_dir", "test_image", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint",
-    "label_badge",
-]

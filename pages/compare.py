@@ -6,11 +6,10 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.errors import ImageDecodeError
 from core.evaluation import interval_text
 from core.gradcam import overlay
-from core.inference import label_for
-from core.preprocessing import ImageDecodeError, load_grayscale
-from core.registry import models_dir
+from core.inference import label_for, read_upload
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -25,8 +24,8 @@ for name in names:
     ci = (report or {}).get("ci95", {})
     rows.append({
         "model": name,
-        "backbone": card.get("backbone") or "none (from scratch)",
-        "threshold": card["threshold"],
+        "backbone": card.backbone or "none (from scratch)",
+        "threshold": card.threshold,
         "accuracy": m.get("accuracy"),
         "sensitivity": m.get("sensitivity"),
         "specificity": m.get("specificity"),
@@ -36,8 +35,8 @@ for name in names:
         "ROC AUC": report["roc_auc"] if report else None,
         "ROC AUC 95 % CI": interval_text(ci.get("roc_auc")),
         "PR AUC": report["pr_auc"] if report else None,
-        "parameters": card["parameters"],
-        "file size (MB)": (models_dir() / name / "model.keras").stat().st_size / 2**20,
+        "parameters": card.parameters,
+        "file size (MB)": ui.weights_size_mb(name),
         "ms per image": ui.ms_per_image(name),
     })
 table = pd.DataFrame(rows).set_index("model")
@@ -69,7 +68,7 @@ if source == "Upload":
     upload = st.file_uploader("X-ray (JPEG, PNG, BMP, TIFF or DICOM)", key="cmp_upload")
     if upload is not None:
         try:
-            gray, caption = load_grayscale(upload.getvalue(), filename=upload.name), upload.name
+            gray, caption = read_upload(upload.getvalue(), upload.name).gray, upload.name
         except ImageDecodeError as exc:
             st.error(str(exc))
 elif both is not None:
@@ -78,11 +77,11 @@ elif both is not None:
     gray, caption = ui.test_image(row.filename, row.label), f"{row.filename}: truly {row.label}"
     if gray is None:
         ui.no_data_hint()
-if gray is not None and ui.withheld_unless_asked(ui.one_image_readings(gray, "cmp_reading", check=True)[0],
-                                                key="cmp_ood"):
+# checked first; scored by the models only once the user may see it
+if gray is not None and ui.withheld_unless_asked(ui.one_reading("cmp_reading", gray, check=True).ood, key="cmp_ood"):
     gray = None
 if gray is not None:
-    _, scores = ui.one_image_readings(gray, "cmp_reading", names)
+    scores = ui.one_reading("cmp_reading", gray, names, check=True).diagnoses
     st.caption(caption)
     cols = st.columns(len(names))
     for col, name in zip(cols, names, strict=False):
@@ -96,7 +95,7 @@ st.header("Where the models disagree")
 if both is None:
     st.info("No test predictions yet: run `python -m core.evaluate --model all`.")
     st.stop()
-labels = pd.DataFrame({n: [label_for(p, ui.card(n)["threshold"]) for p in both[n]] for n in names})
+labels = pd.DataFrame({n: [label_for(p, ui.card(n).threshold) for p in both[n]] for n in names})
 disagree = both[labels.nunique(axis=1) > 1].copy()
 for n in names:
     disagree[f"{n} label"] = labels.loc[disagree.index, n]
@@ -111,7 +110,7 @@ if len(disagree):
     else:
         cols = st.columns(len(names) + 1)
         cols[0].image(gray, caption=f"{row.filename}: truly {row.label}", width="stretch")
-        _, scores = ui.one_image_readings(gray, "cmp_disagree_reading", names)
+        scores = ui.one_reading("cmp_disagree_reading", gray, names).diagnoses
         for col, name in zip(cols[1:], names, strict=False):
             d = scores[name]
             col.image(overlay(gray, d.heatmap(gray.shape, d.label)),

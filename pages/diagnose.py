@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.dicom import dicom_summary, is_dicom
 from core.gradcam import overlay
 from core.inference import label_for
-from core.preprocessing import ImageDecodeError, load_grayscale, model_view
+from core.preprocessing import model_view
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -30,7 +26,7 @@ with st.sidebar:
     with st.expander("Decision thresholds", expanded=False):
         st.caption("Start at each model's card threshold (chosen on validation data); changes apply to this view only.")
         for name in selected:
-            thresholds[name] = st.slider(name, 0.0, 1.0, float(ui.card(name)["threshold"]), 0.01, key=f"dx_thr_{name}")
+            thresholds[name] = st.slider(name, 0.0, 1.0, float(ui.card(name).threshold), 0.01, key=f"dx_thr_{name}")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="dx_alpha")
     target = CLASS_CHOICES[st.radio("Grad-CAM explains", list(CLASS_CHOICES), key="dx_target")]
 
@@ -59,49 +55,23 @@ if not files:
     st.info("Upload one or more chest X-rays to see each model's probability of pneumonia and its Grad-CAM.")
     st.stop()
 
-limit_mb = st.get_option("server.maxUploadSize")
-models = {name: ui.get_model(name) for name in selected}
-guard = ui.get_ood()
-# Each file is decoded, checked and scored once per session, not again on every widget change.
-# The readings live in this session's memory only (never on disk) and only while the file is here.
-readings = st.session_state.setdefault("dx_readings", {})
-keys = {filename: f"{filename}\0{hashlib.sha256(data).hexdigest()}" for filename, data in files}
-for stale in set(readings) - set(keys.values()):
-    del readings[stale]
-todo = [(f, data) for f, data in files if keys[f] not in readings]
-progress = st.progress(0.0, text="Reading files…") if len(todo) > 1 else None
-for i, (filename, data) in enumerate(todo):
-    entry = {"scores": {}}
-    try:
-        if len(data) > limit_mb * 2**20:
-            raise ImageDecodeError(f"'{filename}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb} MB.")
-        entry["gray"] = load_grayscale(data, filename=filename)
-        if is_dicom(data):
-            entry["dicom"] = dicom_summary(data)
-    except ImageDecodeError as exc:
-        entry["error"] = str(exc)
-    readings[keys[filename]] = entry
-    if progress:
-        progress.progress((i + 1) / (len(todo) + len(models)), text=f"Read {i + 1} of {len(todo)} files")
-usable = [f for f, _ in files if "gray" in readings[keys[f]]]
-unchecked = [f for f in usable if "ood" not in readings[keys[f]]]
-if guard is not None and unchecked:
-    for f, check in zip(unchecked, guard(np.stack([readings[keys[f]]["gray"] for f in unchecked])), strict=True):
-        readings[keys[f]]["ood"] = check
-for j, (name, model) in enumerate(models.items()):
-    unscored = [f for f in usable if name not in readings[keys[f]]["scores"]]
-    if unscored:  # one batched call per model for the files it has not seen
-        for f, d in zip(unscored, model.diagnose_gray(np.stack([readings[keys[f]]["gray"] for f in unscored])),
-                        strict=True):
-            readings[keys[f]]["scores"][name] = d
-    if progress:
-        progress.progress((len(todo) + j + 1) / (len(todo) + len(models)), text=f"Scored with {name}")
+# Each file is read, checked and scored once per session, not again on every widget change; the
+# readings live in this session's memory only (never on disk) and only while the file is here.
+keys = {filename: ui.content_key(filename, data) for filename, data in files}
+progress = st.progress(0.0, text="Reading files…") if len(files) > 1 else None
+read = ui.read_uploads("dx_uploads", {keys[f]: data for f, data in files},
+                       st.get_option("server.maxUploadSize") * 2**20,
+                       progress and (lambda done, total: progress.progress(done / (total + 1),
+                                                                           text=f"Read {done} of {total} files")))
+usable = [f for f, _ in files if not isinstance(read[keys[f]], str)]
+if progress:
+    progress.progress(len(files) / (len(files) + 1), text="Scoring…")
+readings = ui.session_readings("dx_readings", {keys[f]: read[keys[f]].gray for f in usable}, selected, check=True)
 if progress:
     progress.empty()
-errors = {f: readings[keys[f]]["error"] for f, _ in files if "error" in readings[keys[f]]}
-dicom_info = {f: readings[keys[f]]["dicom"] for f in usable if "dicom" in readings[keys[f]]}
-flagged = {f: readings[keys[f]]["ood"] for f in usable if getattr(readings[keys[f]].get("ood"), "flagged", False)}
-results = [(f, readings[keys[f]]["gray"], readings[keys[f]]["scores"][name]) for f in usable for name in models]
+errors = {f: read[keys[f]] for f, _ in files if isinstance(read[keys[f]], str)}
+flagged = {f: readings[keys[f]].ood for f in usable if readings[keys[f]].flagged}
+results = [(f, read[keys[f]].gray, readings[keys[f]].diagnoses[name]) for f in usable for name in selected]
 
 for filename, message in errors.items():
     st.error(f"**{filename}** was not scored: {message}")
@@ -127,8 +97,9 @@ else:
     shown = results[0][0]
 
 st.subheader(shown)
-if shown in dicom_info:
-    st.caption(" · ".join(f"{k}: {v}" for k, v in dicom_info[shown].items()))
+dicom = read[keys[shown]].dicom
+if dicom:
+    st.caption(" · ".join(f"{k}: {v}" for k, v in dicom.items()))
 if ui.withheld_unless_asked(flagged.get(shown), key=f"dx_ood_{shown}"):
     st.stop()
 for filename, gray, d in [r for r in results if r[0] == shown]:
@@ -141,7 +112,7 @@ for filename, gray, d in [r for r in results if r[0] == shown]:
         st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.2f}", unsafe_allow_html=True)
         st.download_button("Download overlay (PNG)", ui.png_bytes(heat),
                            f"{filename.rsplit('.', 1)[0]}_{d.model}_gradcam.png", "image/png", key=f"dx_png_{d.model}")
-    spec = models[d.model].spec
+    spec = ui.get_model(d.model).spec
     original.image(model_view(gray, spec), clamp=True, width="stretch",
                    caption="Input as the model sees it (224 × 224" + (", histogram-equalised)" if spec.equalize else ")"))
     explained.image(heat, caption=f"Grad-CAM: evidence for {target.lower()}", width="stretch")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import streamlit as st
 
-from core.gradcam import overlay
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -18,7 +17,7 @@ df, card = ui.predictions(name), ui.card(name)
 if df is None:
     st.warning(f"No test predictions for '{name}'. Run `python -m core.evaluate --model {name}`.")
     st.stop()
-threshold = float(card["threshold"])
+threshold = float(card.threshold)
 others = ui.all_predictions()
 fp = df[(df.y == 0) & (df.probability >= threshold)].sort_values("probability", ascending=False)
 fn = df[(df.y == 1) & (df.probability < threshold)].sort_values("probability", ascending=True)
@@ -40,19 +39,15 @@ def gallery(cases, kind: str) -> None:
     if not have_images:
         st.dataframe(chunk[["filename", "label", "probability"]], hide_index=True, width="stretch")
         return
-    model = ui.get_model(name) if show_cam else None
+    cases = tuple(zip(chunk.filename, chunk.label, strict=True))
+    pictures = ui.test_overlays(name, cases) if show_cam else [ui.test_image(f, label) for f, label in cases]
     cols = st.columns(4)
-    for i, row in enumerate(chunk.itertuples()):
-        gray = ui.test_image(row.filename, row.label)
+    for i, (row, picture) in enumerate(zip(chunk.itertuples(), pictures, strict=True)):
         with cols[i % 4]:
-            if gray is None:
+            if picture is None:
                 st.write(f"{row.filename}: image not found")
                 continue
-            if model is not None:
-                d = model.diagnose_gray(gray)[0]
-                st.image(overlay(gray, d.heatmap(gray.shape, d.label)), width="stretch")
-            else:
-                st.image(gray, width="stretch")
+            st.image(picture, width="stretch")
             st.markdown(f"**{row.filename}**  \ntrue {ui.label_badge(row.label)} · P(pneumonia) {row.probability:.1%}",
                         unsafe_allow_html=True)
             if others is not None:

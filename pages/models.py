@@ -10,11 +10,7 @@ from pages import _ui as ui
 ui.ensure_app(__file__)
 
 st.title("Model cards")
-st.warning(
-    "**Intended use and limitations.** Trained on pediatric (ages 1–5) anterior-posterior chest X-rays from one "
-    "centre in Guangzhou (Kermany et al., Cell 2018). Not validated on adults, other views, other hospitals or "
-    "scanners. Validation accuracy overstates test accuracy on this data. **Not a medical device.**"
-)
+st.caption(ui.DISCLAIMER)
 names = ui.no_models_stop()
 
 
@@ -26,10 +22,10 @@ def metric_row(title: str, roc_auc: float, m: dict) -> None:
         col.metric(label, f"{value:.3f}")
 
 
-def epochs_text(card: dict) -> str:
-    soup = card.get("soup")
+def epochs_text(card) -> str:
+    soup = card.soup
     if not soup:
-        return f"{card['epochs_run']} run, best at {card['best_epoch']}"
+        return f"{card.epochs_run} run, best at {card.best_epoch}"
     runs = ", ".join(f"seed {m['seed']}: best at {m['best_epoch']} of {m['epochs_run']}" for m in soup["members"])
     return f"{len(soup['members'])} runs ({runs})"
 
@@ -61,35 +57,37 @@ def augmentation_text(cfg: dict) -> str:
 
 for tab, name in zip(st.tabs(names), names, strict=False):
     card = ui.card(name)
-    cfg, data = card["config"], card["data"]
-    mix_rows = f"| Weight average | {soup_text(card['soup'])} |\n" if card.get("soup") else ""
-    mix_rows += f"| Mixed with its start | {wise_text(card['wise_ft'])} |\n" if card.get("wise_ft") else ""
+    cfg, data, pre = card.config, card.data, card.preprocessing
+    mix_rows = f"| Weight average | {soup_text(card.soup)} |\n" if card.soup else ""
+    mix_rows += f"| Mixed with its start | {wise_text(card.wise_ft)} |\n" if card.wise_ft else ""
     with tab:
         left, right = st.columns([3, 2])
         with left:
             st.subheader(name)
-            for note in cfg.get("notes", []):
+            st.warning(f"**Intended use.** {card.intended_use}\n\n**Limitations.**\n"
+                       + "\n".join(f"- {limit}" for limit in card.limitations))
+            for note in card.notes:
                 st.write(note)
             st.markdown(f"""
 | | |
 |---|---|
-| Kind | {card['kind']} |
-| Backbone | {card.get('backbone') or 'none: trained from scratch'} |
-| Input | {card['input_shape'][0]} × {card['input_shape'][1]} × {card['input_shape'][2]}, {'histogram-equalised, then ' if card['preprocessing'].get('equalize') else ''}(pixel − {card['preprocessing']['mean']}) / {card['preprocessing']['std']} |
-| Parameters | {card['parameters']:,} |
-| Decision threshold | {card['threshold']:.4f}: {card['threshold_rule']} |
-| Grad-CAM layer | `{card['gradcam_layer']}` |
+| Kind | {card.kind} |
+| Backbone | {card.backbone or 'none: trained from scratch'} |
+| Input | {card.input_shape[0]} × {card.input_shape[1]} × {card.input_shape[2]}, {'histogram-equalised, then ' if pre.get('equalize') else ''}(pixel − {pre['mean']}) / {pre['std']} |
+| Parameters | {card.parameters:,} |
+| Decision threshold | {card.threshold:.4f}: {card.threshold_rule} |
+| Grad-CAM layer | `{card.gradcam_layer}` |
 | Optimiser | Adam, learning rate {cfg['learning_rate']:g}; BCE, label smoothing {cfg['label_smoothing']} |
 | Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)} |
 | Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |
 | Data | {data['train_images']} train / {data['val_images']} validation images ({data['train_patients']} / {data['val_patients']} patients); {data['split']}; fingerprint `{data['fingerprint']}` |
 | Epochs | {epochs_text(card)} |
-{mix_rows}| Training | {card['training_time_s'] / 60:.1f} min on {card['hardware']}, {card['date'][:10]} |
-| Weights | `model.keras`, sha256 `{card['weights_sha256'][:16]}…` |
+{mix_rows}| Training | {card.training_time_s / 60:.1f} min on {card.hardware}, {card.date[:10]} |
+| Weights | `{card.weights_file}`, sha256 `{card.weights_sha256[:16]}…` |
 """)
         with right:
-            metric_row("**Validation** (used to choose the threshold)", card["val_metrics"]["roc_auc"],
-                       card["val_metrics"])
+            metric_row("**Validation** (used to choose the threshold)", card.val_metrics["roc_auc"],
+                       card.val_metrics)
             report = ui.metrics(name)
             if report:
                 metric_row("**Official test set**", report["roc_auc"], report["at_card_threshold"])

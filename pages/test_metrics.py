@@ -22,8 +22,8 @@ if df is None or report is None:
     st.stop()
 
 st.caption(f"Official test split: {len(df)} images ({int(df.y.sum())} pneumonia, {int((1 - df.y).sum())} normal). "
-           f"Card threshold {card['threshold']:.3f}, chosen to {card['threshold_rule']}.")
-threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, float(card["threshold"]), 0.005,
+           f"Card threshold {card.threshold:.3f}, chosen to {card.threshold_rule}.")
+threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, float(card.threshold), 0.005,
                       key=f"tm_threshold_{name}")
 m = metrics_at(df.y, df.probability, threshold)
 cm = m["confusion_matrix"]

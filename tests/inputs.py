@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from tests.conftest import encode, xray_like
+from tests.helpers import encode, xray_like
 
 BASE = xray_like(300, 260)
 SECRET_NAME, SECRET_ID = "Doe^Jane", "PATIENT-SECRET-4711"

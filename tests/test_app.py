@@ -3,7 +3,7 @@
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from tests.conftest import ROOT, encode, xray_like
+from tests.helpers import ROOT, encode, xray_like
 
 TIMEOUT = 180  # loading TensorFlow and the models takes far longer than AppTest's 3 s default
 
@@ -32,15 +32,15 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
     assert len(tables) == len(shipped_models)
     for name, table in zip(shipped_models, tables, strict=True):
         card = load_card(name)
-        assert ("histogram-equalised" in table) == bool(card["preprocessing"].get("equalize")), name
-        assert ("central third blanked" in table) == bool(card["config"].get("central_erasing")), name
+        assert ("histogram-equalised" in table) == bool(card.preprocessing.get("equalize")), name
+        assert ("central third blanked" in table) == bool(card.config.get("central_erasing")), name
         rows = table.strip().splitlines()
         assert all(r.startswith("|") for r in rows) and rows[-1].startswith("| Weights"), name  # one unbroken table
-        soup = card.get("soup")
+        soup = card.soup
         assert ("| Weight average |" in table) == bool(soup), name
         for member in (soup or {}).get("members", []):
             assert f"seed {member['seed']}: best at {member['best_epoch']}" in table, name
-        wise = card.get("wise_ft")
+        wise = card.wise_ft
         assert ("| Mixed with its start |" in table) == bool(wise), name
         if wise:
             assert f"{1 - wise['alpha']:g} × `{wise['start']}`" in table, name
@@ -198,7 +198,7 @@ def test_misclassified_counts_match_the_predictions(shipped_models):
 
     at = _app("pages/misclassified.py")
     name = at.selectbox(key="mc_model").value
-    df, threshold = predictions(name), load_card(name)["threshold"]
+    df, threshold = predictions(name), load_card(name).threshold
     fp = int(((df.y == 0) & (df.probability >= threshold)).sum())
     fn = int(((df.y == 1) & (df.probability < threshold)).sum())
     text = " ".join(m.value for m in at.markdown)

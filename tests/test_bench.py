@@ -1,8 +1,14 @@
-"""Speed and memory properties of the serving path (ratios with wide margins; see core.bench)."""
+"""Speed and memory properties of the serving path (see core.bench). Timing limits are ``slow``:
+they need a quiet machine; the default run checks only that the benchmark runs and memory stays flat."""
+
+import json
 
 import numpy as np
+import pytest
 
-from core.bench import memory_growth, rss_mb, timeit
+from core.bench import bench_model, memory_growth, rss_mb, speed_table, timeit
+from core.data import list_split, load_images
+from core.registry import benchmark_file
 
 
 def test_timeit_reports_median_and_p95():
@@ -15,12 +21,34 @@ def test_memory_stays_flat_over_200_diagnoses(shipped_models, samples_dir):
     assert r["rss_after_20_mb"] > 0 and abs(r["growth"]) <= 0.05, r
 
 
-def test_diagnosis_is_much_faster_than_the_keras_io_recipe(shipped_models, data_dir):
-    from core.bench import bench_model
-    from core.data import list_split, load_images
-
+def _row(shipped_models, data_dir, repeats):
     samples = list_split(data_dir, "test")
-    row = bench_model(shipped_models[-1], samples[0].path.read_bytes(), load_images(samples[:64]), repeats=10)
-    assert row["reference_over_ours"] >= 5, row
-    assert row["ours_over_bare"] < 2.0, row  # the bar is 1.3 on a quiet machine; CI may be busy
+    return bench_model(shipped_models[-1], samples[0].path.read_bytes(), load_images(samples[:64]), repeats=repeats)
+
+
+def test_the_benchmark_measures_every_path(shipped_models, data_dir):
+    row = _row(shipped_models, data_dir, repeats=3)
+    for key in ("bare_forward", "ours_diagnose", "reference_recipe"):
+        assert row[key]["median_ms"] > 0 and row[key]["runs"] >= 3
+    assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("ours_over_bare", "reference_over_ours",
+                                                              "test_set_ours_over_bare"))
     assert np.isfinite(rss_mb())
+
+
+@pytest.mark.slow
+def test_diagnosis_is_much_faster_than_the_keras_io_recipe(shipped_models, data_dir):
+    row = _row(shipped_models, data_dir, repeats=10)
+    assert row["reference_over_ours"] >= 5, row
+    assert row["ours_over_bare"] <= 1.3, row
+
+
+def test_the_shipped_benchmark_meets_its_bars():
+    """The recorded run (docs/speed.md) met the bars: diagnose >= 5x faster than the reference and <= 1.3x
+    a bare forward pass; the test set <= 1.2x a bare batched pass."""
+    result = json.loads(benchmark_file().read_text())
+    assert result["models"]
+    for name, r in result["models"].items():
+        assert r["reference_over_ours"] >= 5 and r["ours_over_bare"] <= 1.3, name
+        assert r["test_set_ours_over_bare"] <= 1.2, name
+    assert abs(result["memory"]["growth"]) <= 0.05
+    assert "| model | bare forward (ms)" in speed_table(result)

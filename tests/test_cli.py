@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, encode, xray_like
+from tests.helpers import ROOT, encode, xray_like
 
 
 def run_cli(*args, timeout=240):

@@ -15,7 +15,7 @@ from core.data import (
     patient_id,
     split_train_val,
 )
-from tests.conftest import encode, xray_like
+from tests.helpers import encode, xray_like
 
 
 @pytest.mark.parametrize(
@@ -98,9 +98,9 @@ def test_shipped_cards_record_the_split_we_compute(data_dir, shipped_models):
     samples = list_split(data_dir, "train")
     for name in shipped_models:
         card = load_card(name)
-        train, val = split_train_val(samples, card["config"]["val_fraction"], card["seed"])
-        assert card["data"]["fingerprint"] == fingerprint(train + val)
-        assert card["data"]["val_images"] == len(val)
+        train, val = split_train_val(samples, card.config["val_fraction"], card.seed)
+        assert card.data["fingerprint"] == fingerprint(train + val)
+        assert card.data["val_images"] == len(val)
 
 
 def test_sample_properties():
@@ -115,8 +115,8 @@ def test_class_weights_by_hand():
 
 
 def test_batches_shapes_weights_and_shuffle():
-    from core.data import Batches
     from core.preprocessing import InputSpec
+    from core.training import Batches
 
     gray = np.stack([np.full((224, 224), i, np.uint8) for i in range(10)])
     labels = np.array([0, 1] * 5)

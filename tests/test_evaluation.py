@@ -104,4 +104,4 @@ def test_summary_line_when_no_image_was_called_pneumonia():
     assert "central share 0.44, border share 0.099" in summary_line("baseline", "val", r)
     assert "CI" not in line  # validation summaries carry no intervals
     r["ci95"] = {"accuracy": [0.8413, 0.8894], "roc_auc": [0.9498, 0.9768]}
-    assert summary_line("finetuned", "test", r).endswith("95 % CI: acc 0.841-0.889, ROC AUC 0.950-0.977")
+    assert summary_line("finetuned", "test", r).endswith("95 % CI: acc 0.841–0.889, ROC AUC 0.950–0.977")

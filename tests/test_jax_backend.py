@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 SCRIPT = textwrap.dedent("""
     import json, sys
@@ -16,9 +16,9 @@ SCRIPT = textwrap.dedent("""
     import keras
     from core.config import get_recipe
     from core.training import train
-    from tests.test_training import _dataset
+    from tests.helpers import tiny_dataset
     tmp = Path(sys.argv[1])
-    data = _dataset(tmp / "chest_xray", n=12)
+    data = tiny_dataset(tmp / "chest_xray", n=12)
     recipe = get_recipe("baseline").with_overrides(input_size=(64, 64), epochs=2, batch_size=8, val_fraction=0.25)
     folder = train(recipe, data, out_root=tmp / "models")
     card = json.loads((folder / "card.json").read_text())

@@ -19,7 +19,7 @@ from core.preprocessing import (
     squash,
     to_model_input,
 )
-from tests.conftest import encode, xray_like
+from tests.helpers import encode, xray_like
 
 BASE = xray_like(300, 260)
 

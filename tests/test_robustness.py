@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from core.preprocessing import ImageDecodeError, decode_image, squash
 from tests import inputs
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CASES = inputs.CASES
 
@@ -25,7 +25,7 @@ def materialised():
 
 @pytest.fixture(scope="module")
 def guard():
-    from core.inference import OODCheck
+    from core.ood import OODCheck
 
     try:
         return OODCheck()

@@ -27,9 +27,9 @@ def test_every_model_ships_its_artifacts(shipped_models):
         for artifact in ("model.keras", "card.json", "history.csv", "test_predictions.csv", "metrics.json"):
             assert (folder / artifact).exists(), f"{name} lacks {artifact}"
         card = load_card(name)
-        assert CARD_FIELDS <= set(card)
-        assert card["weights_sha256"] == sha256_file(folder / "model.keras")
-        assert 0 < card["threshold"] < 1
+        assert CARD_FIELDS <= set(card.to_dict())
+        assert card.weights_sha256 == sha256_file(folder / "model.keras")
+        assert 0 < card.threshold < 1
         assert (folder / "model.keras").stat().st_size < 25 * 2**20
 
 
@@ -50,7 +50,7 @@ def test_metrics_json_follows_from_the_predictions(shipped_models):
         y = np.array([r["label"] == "PNEUMONIA" for r in rows], int)
         p = np.array([float(r["probability"]) for r in rows])
         shipped = json.loads((models_dir() / name / "metrics.json").read_text())
-        again = full_report(y, p, load_card(name)["threshold"])
+        again = full_report(y, p, load_card(name).threshold)
         assert len(rows) == shipped["n"]
         for key in ("roc_auc", "pr_auc"):
             assert again[key] == pytest.approx(shipped[key], abs=1e-9)
@@ -90,8 +90,8 @@ def test_validation_summary_reproduces_the_card(shipped_models, data_dir):
 
     for name in shipped_models:
         card, again = load_card(name), validation_summary(name, data_dir)
-        assert again["roc_auc"] == pytest.approx(card["val_metrics"]["roc_auc"], abs=1e-4)
-        assert again["at_card_threshold"]["accuracy"] == pytest.approx(card["val_metrics"]["accuracy"], abs=1.5 / 522)
+        assert again["roc_auc"] == pytest.approx(card.val_metrics["roc_auc"], abs=1e-4)
+        assert again["at_card_threshold"]["accuracy"] == pytest.approx(card.val_metrics["accuracy"], abs=1.5 / 522)
         assert 0 < again["pr_auc"] <= 1
 
 
@@ -100,7 +100,7 @@ def test_cards_record_the_recipes_that_reproduce_them(shipped_models):
     from core.config import Recipe, get_recipe
 
     for name in shipped_models:
-        config = {**load_card(name)["config"]}
+        config = {**load_card(name).config}
         config["input_size"] = tuple(config["input_size"])
         config["soup_seeds"] = tuple(config.get("soup_seeds", ()))
         assert Recipe(**config) == get_recipe(name), name

@@ -8,35 +8,21 @@ import pytest
 
 from core.config import RECIPES, get_recipe
 from core.registry import load_card, sha256_file
-from tests.conftest import encode, xray_like
-
-
-def _dataset(root, n=24):
-    rng = np.random.default_rng(0)
-    for split in ("train", "test"):
-        for label in ("NORMAL", "PNEUMONIA"):
-            (root / split / label).mkdir(parents=True)
-    for i in range(n):
-        img = xray_like(96, 96, seed=i).astype(float)
-        (root / "train" / "NORMAL" / f"IM-{i:04d}-0001.jpeg").write_bytes(encode(img.astype(np.uint8), "JPEG"))
-        img[30:70, 20:45] += 80 + 20 * rng.random()  # an "opacity" in one lung
-        (root / "train" / "PNEUMONIA" / f"person{i}_bacteria_{i}.jpeg").write_bytes(
-            encode(np.clip(img, 0, 255).astype(np.uint8), "JPEG"))
-    return root
+from tests.helpers import tiny_dataset
 
 
 def test_train_writes_artifacts_and_resumes(tmp_path, monkeypatch):
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
-    data = _dataset(tmp_path / "chest_xray")
+    data = tiny_dataset(tmp_path / "chest_xray")
     recipe = get_recipe("baseline").with_overrides(input_size=(64, 64), epochs=2, batch_size=8, val_fraction=0.25)
     folder = train(recipe, data, out_root=tmp_path / "models", fresh=True)
     card = load_card("baseline", tmp_path / "models")
-    assert card["weights_sha256"] == sha256_file(folder / "model.keras")
-    assert card["input_shape"] == [64, 64, 1] and card["epochs_run"] == 2
-    assert card["data"]["train_patients"] + card["data"]["val_patients"] == 48
-    assert 0 < card["threshold"] < 1 and card["gradcam_layer"] == "last_conv"
+    assert card.weights_sha256 == sha256_file(folder / "model.keras")
+    assert card.input_shape == [64, 64, 1] and card.epochs_run == 2
+    assert card.data["train_patients"] + card.data["val_patients"] == 48
+    assert 0 < card.threshold < 1 and card.gradcam_layer == "last_conv"
     with open(folder / "history.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]
 
@@ -54,31 +40,31 @@ def test_train_writes_artifacts_and_resumes(tmp_path, monkeypatch):
 
 def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
     """A run killed after epoch 1 resumes at epoch 2, and the card counts both calls' training time."""
-    from core import training
+    from core import checkpoints, training
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
-    data = _dataset(tmp_path / "chest_xray", n=8)
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
     recipe = get_recipe("baseline").with_overrides(input_size=(64, 64), epochs=2, batch_size=8, val_fraction=0.25)
-    save = training._Resumable.on_epoch_end
+    save = checkpoints.Resumable.on_epoch_end
 
     def killed_after_first_epoch(self, epoch, logs=None):
         save(self, epoch, logs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(training._Resumable, "on_epoch_end", killed_after_first_epoch)
+    monkeypatch.setattr(checkpoints.Resumable, "on_epoch_end", killed_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
         training.train(recipe, data, out_root=tmp_path / "models", fresh=True)
     state = json.loads((tmp_path / "cache" / "runs" / "baseline" / "state.json").read_text())
     assert state["epoch"] == 1 and not state.get("done")
     assert state["elapsed_s"] > 0
 
-    monkeypatch.setattr(training._Resumable, "on_epoch_end", save)
+    monkeypatch.setattr(checkpoints.Resumable, "on_epoch_end", save)
     training.train(recipe, data, out_root=tmp_path / "models")
     card = load_card("baseline", tmp_path / "models")
-    assert card["epochs_run"] == 2
+    assert card.epochs_run == 2
     resumed = json.loads((tmp_path / "cache" / "runs" / "baseline" / "state.json").read_text())
     assert resumed["elapsed_s"] > state["elapsed_s"]
-    assert card["training_time_s"] >= round(resumed["elapsed_s"], 1)
+    assert card.training_time_s >= round(resumed["elapsed_s"], 1)
 
 
 def test_recipes_are_complete():
@@ -98,14 +84,14 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
-    data = _dataset(tmp_path / "chest_xray", n=16)
+    data = tiny_dataset(tmp_path / "chest_xray", n=16)
     out = tmp_path / "models"
     train(get_recipe("transfer").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
     transfer_card = load_card("transfer", out)
-    assert transfer_card["trainable_parameters_in_training"] == 1281  # the head only
+    assert transfer_card.trainable_parameters_in_training == 1281  # the head only
     train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
     card = load_card("finetuned", out)
-    assert card["initialised_from"] == {"model": "transfer", "sha256": transfer_card["weights_sha256"]}
+    assert card.initialised_from == {"model": "transfer", "sha256": transfer_card.weights_sha256}
     before, after = load_keras_model("transfer", out), load_keras_model("finetuned", out)
     changed = lambda layer: not np.allclose(before.get_layer(layer).get_weights()[0],  # noqa: E731
                                             after.get_layer(layer).get_weights()[0])
@@ -119,7 +105,7 @@ def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
-    data = _dataset(tmp_path / "chest_xray", n=8)
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
     train(get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
     with pytest.raises(ValueError, match="differently preprocessed"):
@@ -131,7 +117,7 @@ def test_cached_backbone_features_are_reused_only_for_the_same_settings(tmp_path
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
-    data = _dataset(tmp_path / "chest_xray", n=8)
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
     run = tmp_path / "cache" / "runs" / "transfer"
     recipe = get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25)
     train(recipe, data, out_root=tmp_path / "models")
@@ -149,7 +135,7 @@ def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, m
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
-    data = _dataset(tmp_path / "chest_xray", n=8)
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
     small = dict(epochs=1, batch_size=8, val_fraction=0.25, wise_ft_alpha=1.0)  # the soup alone, not mixed with its start
     train(get_recipe("transfer").with_overrides(**small), data, out_root=out)
@@ -161,8 +147,8 @@ def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, m
     a, b, m = (x.get_layer("top_conv").get_weights()[0] for x in (*members, soup))
     assert not np.allclose(a, b)  # the seed changed the run
     np.testing.assert_allclose(m, (a + b) / 2, rtol=1e-6, atol=1e-7)
-    assert [r["seed"] for r in card["soup"]["members"]] == [5, 6] and card["config"]["soup_seeds"] == [5, 6]
-    assert card["seed"] == 42 and card["data"]["split"].endswith("seed 42)")  # members share the split
+    assert [r["seed"] for r in card.soup["members"]] == [5, 6] and card.config["soup_seeds"] == [5, 6]
+    assert card.seed == 42 and card.data["split"].endswith("seed 42)")  # members share the split
     for s in (5, 6):
         assert json.loads((runs / f"seed-{s}" / "state.json").read_text())["recipe"]["seed"] == s
     with open(tmp_path / "models" / "finetuned" / "history.csv") as f:
@@ -172,7 +158,7 @@ def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, m
     before = sha256_file(runs / "seed-5" / "best.keras")
     train(get_recipe("finetuned").with_overrides(soup_seeds=(5, 6, 7), **small), data, out_root=out)
     assert sha256_file(runs / "seed-5" / "best.keras") == before
-    assert len(load_card("finetuned", out)["soup"]["members"]) == 3
+    assert len(load_card("finetuned", out).soup["members"]) == 3
 
 
 def keras_load(path):
@@ -184,7 +170,7 @@ def keras_load(path):
 def test_averaging_refuses_models_that_did_not_start_from_one_point():
     import keras
 
-    from core.training import average_weights
+    from core.averaging import average_weights
 
     def tiny(seed):
         keras.utils.set_random_seed(seed)
@@ -221,7 +207,7 @@ def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, mon
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
-    data = _dataset(tmp_path / "chest_xray", n=8)
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
     small = dict(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=())
     train(get_recipe("transfer").with_overrides(**small), data, out_root=out)
@@ -233,24 +219,25 @@ def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, mon
         s, r, m = (x.get_layer(layer).get_weights()[0] for x in (start, run, shipped))
         assert not np.allclose(s, r)  # fine-tuning moved it, so the mix is a real test
         np.testing.assert_allclose(m, 0.75 * s + 0.25 * r, rtol=1e-5, atol=1e-7)
-    wise = load_card("finetuned", out)["wise_ft"]
+    wise = load_card("finetuned", out).wise_ft
     assert wise["alpha"] == 0.25 and wise["start"] == "transfer"
-    assert wise["start_sha256"] == load_card("transfer", out)["weights_sha256"]
+    assert wise["start_sha256"] == load_card("transfer", out).weights_sha256
     assert set(wise["val_roc_auc_by_alpha"]) == {"0", "0.25", "0.5", "0.75", "1"}
-    assert wise["val_roc_auc_by_alpha"]["0.25"] == pytest.approx(load_card("finetuned", out)["val_metrics"]["roc_auc"])
+    assert wise["val_roc_auc_by_alpha"]["0.25"] == pytest.approx(load_card("finetuned", out).val_metrics["roc_auc"])
 
     # the finished run is reused for another alpha (the mix is not part of the run's settings)
     before = sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras")
     train(get_recipe("finetuned").with_overrides(wise_ft_alpha=1.0, **small), data, out_root=out)
     assert sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras") == before
-    assert load_card("finetuned", out)["wise_ft"] is None
+    assert load_card("finetuned", out).wise_ft is None
     np.testing.assert_array_equal(load_keras_model("finetuned", out).get_layer("logit").get_weights()[0],
                                   run.get_layer("logit").get_weights()[0])
 
 
 def test_wise_ft_needs_a_start_and_a_valid_alpha(tmp_path, capsys):
+    from core.averaging import average_weights
     from core.train import _alpha, main
-    from core.training import average_weights, train
+    from core.training import train
 
     for recipe in (get_recipe("baseline").with_overrides(wise_ft_alpha=0.5),
                    get_recipe("finetuned").with_overrides(wise_ft_alpha=1.5)):

@@ -1,0 +1,103 @@
+"""How well the out-of-distribution guard works: official test X-rays that pass, non-X-rays refused.
+
+``python -m core.ood --report`` runs :func:`report` and writes ``models/ood/report.json``;
+:func:`guard_table` turns that file into the table in ``docs/security.md``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+from skimage import data as skdata
+
+from core.data import find_data_dir, list_split, load_images
+from core.preprocessing import squash
+
+__all__ = ["PHOTOS", "non_xray_images", "report", "summary", "guard_table"]
+
+PHOTOS = ("chelsea", "astronaut", "coffee", "camera", "rocket", "horse", "moon", "page", "text", "brick",
+          "grass", "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "clock")
+"""scikit-image's bundled photographs (no download) used as non-X-rays."""
+
+
+def non_xray_images(seed: int = 0) -> dict[str, np.ndarray]:
+    """Things that are not chest X-rays, as 2-D uint8 arrays: photographs (scikit-image),
+    noise, gradients and text. Used to measure how many the guard refuses."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in PHOTOS:
+        img = np.asarray(getattr(skdata, name)())
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        out[f"photo:{name}"] = np.asarray(Image.fromarray(img.astype(np.uint8)).convert("L"))
+    out["noise:uniform"] = (rng.random((300, 300)) * 255).astype(np.uint8)
+    out["noise:gaussian"] = np.clip(rng.normal(128, 40, (300, 300)), 0, 255).astype(np.uint8)
+    out["noise:salt-pepper"] = (rng.random((300, 300)) > 0.5).astype(np.uint8) * 255
+    ramp = np.linspace(0, 255, 300)
+    out["gradient:horizontal"] = np.tile(ramp, (300, 1)).astype(np.uint8)
+    out["gradient:vertical"] = np.tile(ramp, (300, 1)).T.astype(np.uint8).copy()
+    out["gradient:radial"] = (255 * np.hypot(*np.mgrid[-1:1:300j, -1:1:300j]) / np.sqrt(2)).astype(np.uint8)
+    for name, (bg, fg) in {"text:document": (255, 0), "text:inverted": (0, 255)}.items():
+        canvas = Image.new("L", (400, 400), bg)
+        draw = ImageDraw.Draw(canvas)
+        for i in range(20):
+            draw.text((10, 10 + 19 * i), "Radiology report: no acute findings. " * 2, fill=fg)
+        out[name] = np.asarray(canvas)
+    canvas = Image.new("L", (400, 400), 0)
+    ImageDraw.Draw(canvas).text((140, 190), "CHEST X-RAY", fill=255)
+    out["text:label"] = np.asarray(canvas)
+    return out
+
+
+def report(check, data_dir=None) -> dict:
+    """Share of official test X-rays that pass and of non-X-ray images that are refused.
+
+    Args:
+        check: The guard to measure (:class:`core.ood.OODCheck`).
+        data_dir: Dataset folder (see :func:`core.data.find_data_dir`).
+    """
+    scores = np.array([r.score for r in check(load_images(list_split(find_data_dir(data_dir), "test")))])
+    named = non_xray_images()
+    others = {name: r.score for name, r in zip(named, check(np.stack([squash(v) for v in named.values()])),
+                                                strict=True)}
+    cutoff = check.guard.cutoff
+    return {
+        "cutoff": cutoff,
+        "test_xrays": int(len(scores)),
+        "test_xrays_passing": float(np.mean(scores <= cutoff)),
+        "non_xray_images": len(others),
+        "non_xray_refused": float(np.mean([s > cutoff for s in others.values()])),
+        "non_xray_scores": others,
+        "lowest_non_xray_score": min(others.values()),
+        "highest_test_xray_score": float(scores.max()),
+    }
+
+
+def summary(result: dict) -> str:
+    """The one line ``python -m core.ood --report`` prints."""
+    return (f"official test X-rays passing: {result['test_xrays_passing']:.1%} of {result['test_xrays']}; "
+            f"non-X-ray images refused: {result['non_xray_refused']:.1%} of {result['non_xray_images']}")
+
+
+def guard_table(result: dict) -> str:
+    """The guard's measurements as the Markdown table (and margin sentence) of ``docs/security.md``."""
+    n, passing = result["test_xrays"], result["test_xrays_passing"]
+    m, refused = result["non_xray_images"], result["non_xray_refused"]
+    kinds = {k.split(":")[0] for k in result["non_xray_scores"]}
+    count = {k: sum(name.startswith(f"{k}:") for name in result["non_xray_scores"]) for k in kinds}
+    lowest = min(result["non_xray_scores"], key=result["non_xray_scores"].get)
+    def pct(x: float, digits: int) -> str:
+        return f"{100 * x:.{digits}f} %"
+
+    return "\n".join([
+        "| | measured | goal |",
+        "|---|---|---|",
+        f"| official test X-rays passing | {pct(passing, 1)} ({round(passing * n)} of {n}) | ≥ 98 % |",
+        f"| non-X-ray images refused ({count.get('photo', 0)} photographs from scikit-image incl. `chelsea`, "
+        f"`astronaut`, `coffee`; {count.get('noise', 0)} noise images; {count.get('gradient', 0)} gradients; "
+        f"{count.get('text', 0)} text images) | {pct(refused, 0)} ({round(refused * m)} of {m}) | 100 % |",
+        "",
+        f"Margin: the least X-ray-like test X-ray scores {result['highest_test_xray_score']:.2f} and the most "
+        f"X-ray-like non-X-ray (`{lowest}`) {result['lowest_non_xray_score']:.2f}, against a cut-off of "
+        f"{result['cutoff']:.2f}.",
+    ])
