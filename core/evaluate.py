@@ -1,8 +1,13 @@
-"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--data-dir D]``: score the official test set.
+"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--lungs] [--data-dir D]``
 
-Writes ``models/<name>/test_predictions.csv`` (filename, label, probability) and
-``metrics.json``. Nothing here is tuned: the threshold comes from the model card, which
-was chosen on validation data.
+Scores the official test set: writes ``models/<name>/test_predictions.csv`` (filename, label,
+probability) and ``metrics.json``, which holds, where the lung masks are present, how the model's
+Grad-CAM maps lie against the true lungs (``explanation``). ``--explanations`` measures only that and
+adds it to ``metrics.json``, leaving the predictions as they are. ``--invariance`` measures how every
+model's answer moves with the file's encoding and resolution (``models/invariance.json``, see
+:mod:`core.invariance`). ``--lungs`` measures the lung segmenter's Dice on the test masks
+(``models/lungs/metrics.json``). Nothing here is tuned: thresholds come from the model cards, chosen on
+validation data.
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ from core import LABELS
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import full_report, interval_text, metrics_at
 from core.gradcam import border_share, central_share
-from core.inference import load_model, score
-from core.registry import available_models, model_files, models_dir
+from core.inference import load_model, read_upload, score
+from core.invariance import VARIANTS, encode_variant, invariance_table, measure
+from core.lungs import dice, explanation_quality, find_mask_dir, implausible_lungs, load_masks
+from core.ood import OODCheck
+from core.registry import available_models, invariance_file, load_metrics, lungs_files, model_files, models_dir
+from core.segmenter import LungSegmenter
 
-__all__ = ["evaluate_model", "validation_summary", "summary_line", "main"]
+__all__ = ["evaluate_model", "explanation_summary", "add_explanations", "evaluate_lungs", "validation_summary", "summary_line",
+           "explanation_line", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +63,9 @@ def evaluate_model(name: str, data_dir=None, root: Path | None = None) -> dict:
         **full_report(labels, probs, model.threshold),
         "gradcam": _gradcam_summary(diagnoses, model.threshold),
     }
+    explanation = explanation_summary(samples, diagnoses)
+    if explanation is not None:
+        report["explanation"] = explanation
     files.metrics.write_text(json.dumps(report, indent=1) + "\n")
     return report
 
@@ -60,6 +73,55 @@ def evaluate_model(name: str, data_dir=None, root: Path | None = None) -> dict:
 def _diagnoses(model, gray: np.ndarray) -> list:
     """The model's diagnosis of each image, through the serving path."""
     return [reading.diagnoses[model.name] for reading in score(gray, [model])]
+
+
+def explanation_summary(samples, diagnoses, mask_dir=None) -> dict | None:
+    """How the maps the app shows (explaining P(pneumonia), 224 x 224) lie against the true lung masks of
+    the test images (:func:`core.lungs.explanation_quality`); ``None`` when the masks are not here."""
+    found = find_mask_dir(mask_dir, required=False)
+    if found is None:
+        return None
+    masks, present = load_masks(samples, "test", found)
+    heats = np.stack([d.heatmap((224, 224), "PNEUMONIA") for d in diagnoses])
+    return explanation_quality(heats, masks, present)
+
+
+def add_explanations(name: str, data_dir=None, root: Path | None = None) -> dict:
+    """Measure :func:`explanation_summary` for a model and add it to its ``metrics.json`` (nothing else changes).
+
+    Raises:
+        DatasetNotFoundError: The lung masks are not here.
+    """
+    find_mask_dir()
+    samples = list_split(find_data_dir(data_dir), "test")
+    model = load_model(name, root)
+    report = load_metrics(name, root) or {}
+    report["explanation"] = explanation_summary(samples, _diagnoses(model, load_images(samples)))
+    model_files(name, root).metrics.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def evaluate_lungs(data_dir=None, mask_dir=None, root: Path | None = None) -> dict:
+    """Dice of the shipped segmenter on the official ``test`` masks (mean, 5th percentile, minimum), and
+    its invariance: Dice between the lungs found on each copy and on each encoding variant
+    (:mod:`core.invariance`). Writes ``models/lungs/metrics.json``."""
+    segmenter = LungSegmenter(root)
+    samples = list_split(find_data_dir(data_dir), "test")
+    masks, present = load_masks(samples, "test", find_mask_dir(mask_dir))
+    gray = load_images(samples)
+    found = segmenter.masks(gray)
+    scores = dice(found[present], masks[present])
+    report = {"split": "official test", "images": int(present.sum()),
+              "test": {"dice_mean": float(scores.mean()), "dice_p05": float(np.percentile(scores, 5)),
+                       "dice_min": float(scores.min()),
+                       "implausible_lungs": int(sum(implausible_lungs(m) is not None for m in found))},
+              "invariance": {}}
+    for variant in VARIANTS:
+        again = segmenter.masks(np.stack([read_upload(encode_variant(g, variant)).gray for g in gray]))
+        report["invariance"][variant] = {"dice_to_copy_mean": float(dice(again, found).mean()),
+                                         "dice_to_truth_mean": float(dice(again[present], masks[present]).mean())}
+    lungs_files(root).report.write_text(json.dumps(report, indent=1) + "\n")
+    return report
 
 
 def _gradcam_summary(diagnoses, threshold: float) -> dict:
@@ -98,6 +160,12 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="all", help="a model name or 'all'")
     parser.add_argument("--split", choices=["test", "val"], default="test",
                         help="'val': print validation metrics only (used to choose between runs); writes nothing")
+    parser.add_argument("--explanations", action="store_true",
+                        help="only measure the Grad-CAM maps against the true lungs and add that to metrics.json")
+    parser.add_argument("--lungs", action="store_true",
+                        help="measure the lung segmenter on the test masks (writes models/lungs/metrics.json)")
+    parser.add_argument("--invariance", action="store_true",
+                        help="measure how answers move with encoding and resolution (writes models/invariance.json)")
     parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -105,10 +173,44 @@ def main(argv=None) -> int:
     if args.model != "all" and args.model not in names:
         print(f"Unknown model '{args.model}'. Available: {', '.join(names)}", file=sys.stderr)
         return 2
-    for name in names if args.model == "all" else [args.model]:
+    chosen = names if args.model == "all" else [args.model]
+    if args.lungs:
+        r = evaluate_lungs(args.data_dir)
+        print(f"lung segmenter: test Dice {r['test']['dice_mean']:.4f} (5th percentile {r['test']['dice_p05']:.4f}, "
+              f"lowest {r['test']['dice_min']:.4f}); Dice to the copy's lungs: "
+              + ", ".join(f"{v} {x['dice_to_copy_mean']:.4f}" for v, x in r["invariance"].items()))
+        return 0
+    if args.invariance:
+        try:
+            guard = OODCheck()
+        except FileNotFoundError:
+            guard = None
+        try:
+            lungs = LungSegmenter()
+        except FileNotFoundError:
+            lungs = None
+        result = measure([load_model(n, lungs=lungs) for n in chosen], guard, find_data_dir(args.data_dir),
+                         lungs=lungs)
+        invariance_file().write_text(json.dumps(result, indent=1) + "\n")
+        print(invariance_table(result))
+        return 0
+    if args.explanations:
+        for name in chosen:
+            print(explanation_line(name, add_explanations(name, args.data_dir)["explanation"]))
+        return 0
+    for name in chosen:
         r = evaluate_model(name, args.data_dir) if args.split == "test" else validation_summary(name, args.data_dir)
         print(summary_line(name, args.split, r))
+        if r.get("explanation"):
+            print(explanation_line(name, r["explanation"]))
     return 0
+
+
+def explanation_line(name: str, e: dict) -> str:
+    """One printed line of explanation quality."""
+    return (f"{name:10s} map energy in the lungs {e['lung_energy_mean']:.3f} (lungs: {e['lung_area_mean']:.3f} of the "
+            f"area)  pointing game {e['pointing_game']:.3f}  template index {e['template_index']:.3f}  "
+            f"({e['images']} images, {e['empty_maps']} empty maps)")
 
 
 def summary_line(name: str, split: str, r: dict) -> str:

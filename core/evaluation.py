@@ -45,14 +45,17 @@ def choose_threshold(y_true, prob, rule: str = "youden") -> float:
 
 
 def metrics_at(y_true, prob, threshold: float) -> dict:
-    """Accuracy, precision, sensitivity, specificity, F1 and confusion matrix at a threshold."""
+    """Accuracy, precision, sensitivity, specificity, F1 and confusion matrix at a threshold.
+
+    Precision is ``None`` (undefined) when no image is called pneumonia; F1 is then 0.
+    """
     y_true = np.asarray(y_true).astype(int)
     pred = (np.asarray(prob) >= threshold).astype(int)
     tn, fp, fn, tp = skm.confusion_matrix(y_true, pred, labels=[0, 1]).ravel()
     return {
         "threshold": float(threshold),
         "accuracy": float(skm.accuracy_score(y_true, pred)),
-        "precision": float(skm.precision_score(y_true, pred, zero_division=0)),
+        "precision": float(tp / (tp + fp)) if tp + fp else None,  # undefined when nothing is called pneumonia
         "sensitivity": float(skm.recall_score(y_true, pred, zero_division=0)),
         "specificity": float(tn / (tn + fp)) if tn + fp else 0.0,
         "f1": float(skm.f1_score(y_true, pred, zero_division=0)),

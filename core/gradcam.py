@@ -31,16 +31,20 @@ class GradCam:
     Args:
         model: A model ending in layers ``logit`` -> ``prediction`` (see :mod:`core.models`).
         layer_name: The convolutional layer to explain (the card's ``gradcam_layer``).
+        head: Optionally, another head computed in the same pass (the lung decoder): a model taking
+            the outputs of ``head_inputs`` (layers of ``model``) and the input batch.
+        head_inputs: The layer names ``head`` reads.
 
-    Call it with a float32 batch ``(N, H, W, C)``; it returns ``(prob (N,), signed (N, h, w))``.
-    The input signature is fixed (any batch size), so new uploads never retrace.
+    Call it with a float32 batch ``(N, H, W, C)``; it returns ``(prob (N,), signed (N, h, w))``;
+    :meth:`with_head` also returns the head's output. The input signature is fixed (any batch size),
+    so new uploads never retrace.
     """
 
-    def __init__(self, model: keras.Model, layer_name: str):
-        self.layer_name = layer_name
-        self._model = keras.Model(
-            model.inputs, [model.get_layer(layer_name).output, model.get_layer("logit").output]
-        )
+    def __init__(self, model: keras.Model, layer_name: str, head: keras.Model | None = None,
+                 head_inputs: tuple[str, ...] = ()):
+        self.layer_name, self.has_head = layer_name, head is not None
+        self._model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.get_layer("logit").output,
+                                                 *(model.get_layer(n).output for n in head_inputs if head)])
         shape = tuple(model.inputs[0].shape[1:])
         backend = keras.backend.backend()
         if backend != "tensorflow":
@@ -52,21 +56,27 @@ class GradCam:
         @tf.function(input_signature=[tf.TensorSpec((None, *shape), tf.float32)], autograph=False, jit_compile=False)
         def run(x):
             with tf.GradientTape() as tape:
-                features, logit = self._model(x, training=False)
+                features, logit, *taps = self._model(x, training=False)
             grads = tape.gradient(logit, features)  # d logit_i / d A_i (samples independent)
             alpha = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
             signed = tf.reduce_sum(alpha * features, axis=-1)
-            return tf.sigmoid(logit[:, 0]), signed
+            if head is None:
+                return tf.sigmoid(logit[:, 0]), signed
+            return tf.sigmoid(logit[:, 0]), signed, head([*taps, x], training=False)[..., 0]
 
         self._run = run
         self._shape = shape
 
-    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def with_head(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(prob, signed, head output or None)`` for a batch."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim == len(self._shape):
             x = x[None]
-        prob, signed = self._run(x)
-        return prob.numpy().astype(np.float64), signed.numpy()
+        prob, signed, *head = self._run(x)
+        return prob.numpy().astype(np.float64), signed.numpy(), head[0].numpy() if head else None
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.with_head(x)[:2]
 
     def warm_up(self) -> None:
         self(np.zeros((1, *self._shape), np.float32))

@@ -4,26 +4,31 @@ Every caller (the CLI, the Diagnose, Compare and Misclassified pages, evaluation
 :func:`read_upload` and :func:`score`::
 
     bytes -> read_upload -> Upload.gray (224 x 224 uint8)
-          -> score(grays, models, guard) -> [ImageReading(ood, {model: Diagnosis})]
+          -> score(grays, models, guard, lungs) -> [ImageReading(ood, {model: Diagnosis}, lungs)]
 
 Each model computes P(pneumonia) and its signed Grad-CAM map in one compiled call
 (:class:`core.gradcam.GradCam`); the guard (:class:`core.ood.OODCheck`) says whether an image
-looks like the training X-rays. Choosing a map's class and drawing it are left to the caller.
+looks like the training X-rays, and the lung segmenter (:class:`core.segmenter.LungSegmenter`) where
+the lungs are; an image without a plausible pair of lungs is flagged like any out-of-distribution
+image. Choosing a map's class and drawing it are left to the caller.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from core.errors import ImageDecodeError
 from core.gradcam import GradCam, class_map, normalise, upsample
+from core.lungs import implausible_lungs, lung_energy
 from core.ood import OODCheck, OODResult
 from core.preprocessing import decode_upload, squash, to_model_input
 from core.registry import load_card, load_keras_model
+from core.segmenter import TAPS, LungSegmenter
+from core.segmenter import THRESHOLD as LUNG_THRESHOLD
 
 __all__ = [
     "Diagnosis",
@@ -46,6 +51,7 @@ class Diagnosis:
     probability: float  # P(pneumonia)
     threshold: float
     signed_cam: np.ndarray  # (h, w); positive = evidence for PNEUMONIA
+    lungs: np.ndarray | None = None  # (224, 224) bool, when the model's pass also found the lungs
 
     @property
     def label(self) -> str:
@@ -61,15 +67,21 @@ def label_for(probability: float, threshold: float) -> str:
 
 
 class LoadedModel:
-    """A shipped model with its card, input spec and compiled Grad-CAM, warmed up once."""
+    """A shipped model with its card, input spec and compiled Grad-CAM, warmed up once.
 
-    def __init__(self, name: str, root: Path | None = None):
+    Given the lung segmenter, a model that shares its backbone taps (``transfer``, ``finetuned``) also
+    finds the lungs in the same compiled call (``gives_lungs``).
+    """
+
+    def __init__(self, name: str, root: Path | None = None, lungs: LungSegmenter | None = None):
         self.name = name
         self.card = load_card(name, root)
         self.spec = self.card.spec
         self.threshold = float(self.card.threshold)
         self.keras_model = load_keras_model(name, root)
-        self.explainer = GradCam(self.keras_model, self.card.gradcam_layer)
+        head = lungs.head_for(self.keras_model, self.spec) if lungs is not None else None
+        self.gives_lungs = head is not None
+        self.explainer = GradCam(self.keras_model, self.card.gradcam_layer, head, TAPS if head is not None else ())
         self.explainer.warm_up()
 
     def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32) -> list[Diagnosis]:
@@ -78,8 +90,10 @@ class LoadedModel:
         batch = gray[None] if gray.ndim == 2 else gray
         out: list[Diagnosis] = []
         for start in range(0, len(batch), batch_size):
-            probs, signed = self.explainer(to_model_input(batch[start : start + batch_size], self.spec))
-            out += [Diagnosis(self.name, float(p), self.threshold, s) for p, s in zip(probs, signed, strict=True)]
+            probs, signed, lungs = self.explainer.with_head(to_model_input(batch[start : start + batch_size], self.spec))
+            masks = lungs >= LUNG_THRESHOLD if lungs is not None else [None] * len(probs)
+            out += [Diagnosis(self.name, float(p), self.threshold, s, m) for p, s, m in zip(probs, signed, masks,
+                                                                                            strict=True)]
         return out
 
     def diagnose_bytes(self, data: bytes, filename: str | None = None) -> Diagnosis:
@@ -87,9 +101,9 @@ class LoadedModel:
         return score([read_upload(data, filename).gray], [self])[0].diagnoses[self.name]
 
 
-def load_model(name: str, root: Path | None = None) -> LoadedModel:
-    """Load a shipped model by name (checks sha256, safe mode, warms up)."""
-    return LoadedModel(name, root)
+def load_model(name: str, root: Path | None = None, lungs: LungSegmenter | None = None) -> LoadedModel:
+    """Load a shipped model by name (checks sha256, safe mode, warms up); see :class:`LoadedModel`."""
+    return LoadedModel(name, root, lungs)
 
 
 @dataclass(frozen=True)
@@ -135,26 +149,38 @@ def read_file(path: str | Path) -> bytes:
 
 @dataclass(frozen=True)
 class ImageReading:
-    """What serving says about one image: the guard's verdict (``None`` when not checked) and each
-    asked model's diagnosis."""
+    """What serving says about one image: the guard's verdict (``None`` when not checked), each asked
+    model's diagnosis, and the lungs found (a 224 x 224 boolean mask; ``None`` without a segmenter)."""
 
     ood: OODResult | None
     diagnoses: dict[str, Diagnosis] = field(default_factory=dict)
+    lungs: np.ndarray | None = None
 
     @property
     def flagged(self) -> bool:
-        """Whether the guard found the image unlike the training X-rays."""
+        """Whether the guard found the image unlike the training X-rays (or without a pair of lungs)."""
         return self.ood is not None and self.ood.flagged
+
+    def lung_share(self, model: str) -> float | None:
+        """Share of the model's map (explaining P(pneumonia), as displayed) inside the lungs found;
+        ``None`` without lungs or for an empty map."""
+        if self.lungs is None:
+            return None
+        share = lung_energy(self.diagnoses[model].heatmap(self.lungs.shape), self.lungs)
+        return None if np.isnan(share) else share
 
 
 def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel] = (),
-          guard: OODCheck | None = None, batch_size: int = 32) -> list[ImageReading]:
-    """Check and score a batch of images: the guard once per image, each model in batches.
+          guard: OODCheck | None = None, lungs: LungSegmenter | None = None,
+          batch_size: int = 32) -> list[ImageReading]:
+    """Check and score a batch of images: the guard and the lungs once per image, each model in batches.
 
     Args:
         grays: 224 x 224 uint8 images (``Upload.gray``), a sequence or an ``(N, 224, 224)`` array.
-        models: The models to score with (none: only the guard's check).
+        models: The models to score with (none: only the checks).
         guard: The out-of-distribution guard, or ``None`` to skip the check.
+        lungs: The lung segmenter, or ``None``; with the guard, an image without a plausible pair of
+            lungs is flagged.
         batch_size: Images per compiled call.
 
     Returns:
@@ -165,5 +191,11 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
         return []
     checks = guard(batch) if guard is not None else [None] * len(batch)
     per_model = {model.name: model.diagnose_gray(batch, batch_size) for model in models}
-    return [ImageReading(check, {name: found[i] for name, found in per_model.items()})
+    masks = [None] * len(batch)
+    if lungs is not None:  # from a model's own pass where one gives them, else the segmenter's
+        shared = next((per_model[m.name] for m in models if m.gives_lungs), None)
+        masks = [d.lungs for d in shared] if shared else lungs.masks(batch)
+        if guard is not None:
+            checks = [replace(c, lungs_note=implausible_lungs(m)) for c, m in zip(checks, masks, strict=True)]
+    return [ImageReading(check, {name: found[i] for name, found in per_model.items()}, masks[i])
             for i, check in enumerate(checks)]

@@ -30,6 +30,7 @@ from core.runtime import compiled_forward
 
 __all__ = [
     "OOD_WARNING",
+    "NO_LUNGS_WARNING",
     "OODResult",
     "OODCheck",
     "OODGuard",
@@ -47,20 +48,28 @@ OOD_WARNING = (
 )
 
 
+NO_LUNGS_WARNING = "No plausible pair of lungs was found: {note}; its diagnosis is not trustworthy."
+
+
 @dataclass(frozen=True)
 class OODResult:
-    """Whether an image looks unlike the training X-rays."""
+    """Whether an image looks unlike the training X-rays: by its features, or because the lung segmenter
+    found no plausible pair of lungs in it (``lungs_note`` says why)."""
 
     score: float
     cutoff: float
+    lungs_note: str | None = None
 
     @property
     def flagged(self) -> bool:
-        return self.score > self.cutoff
+        return self.score > self.cutoff or self.lungs_note is not None
 
     @property
     def warning(self) -> str:
-        return OOD_WARNING.format(score=self.score, cutoff=self.cutoff)
+        parts = [OOD_WARNING.format(score=self.score, cutoff=self.cutoff)] if self.score > self.cutoff else []
+        if self.lungs_note is not None:
+            parts.append(NO_LUNGS_WARNING.format(note=self.lungs_note))
+        return " ".join(parts)
 
 
 def feature_extractor(batch_size: int = 64):

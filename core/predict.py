@@ -1,11 +1,15 @@
-"""``python -m core.predict [--model NAME|all] [--json] [--heatmap-dir DIR] FILE [FILE ...]``
+"""``python -m core.predict [--model NAME|all] [--json] [--heatmap-dir DIR [--maps]] [--lung-dir DIR] FILE [FILE ...]``
 
 Scores X-ray files with the shipped models. With ``--json``: one JSON object per line,
-``{"file", "model", "probability", "label", "threshold"}`` per scored (file, model), or
-``{"file", "error"}`` for a file that cannot be used. A file that does not look like a chest
-X-ray (out-of-distribution guard) is still scored, and its lines gain ``"ood": true`` and a
-``"warning"``. Exit status: 0 when every file was scored, 1 when any file was refused, 2 for a
-usage error.
+``{"file", "model", "probability", "label", "threshold", "lung_share"}`` per scored (file, model),
+or ``{"file", "error"}`` for a file that cannot be used. ``lung_share`` is the share of the model's
+Grad-CAM map (explaining P(pneumonia)) inside the lungs the segmenter found (``null`` without a
+segmenter or for an empty map). A file that does not look like a chest X-ray, or has no plausible
+pair of lungs (the guard), is still scored, and its lines gain ``"ood": true`` and a ``"warning"``.
+``--heatmap-dir`` gets an overlay PNG per (file, model); with ``--maps`` also ``<stem>.<model>.npy``,
+the 224 x 224 float32 map in [0, 1] as displayed, explaining P(pneumonia). ``--lung-dir`` gets
+``<stem>.lungs.png`` (224 x 224, 255 = lung). Exit status: 0 when every file was scored, 1 when any
+file was refused, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from core import inference
@@ -22,6 +27,7 @@ from core.errors import ImageDecodeError
 from core.gradcam import overlay
 from core.ood import OODCheck
 from core.registry import available_models
+from core.segmenter import LungSegmenter
 
 __all__ = ["main"]
 
@@ -34,19 +40,30 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="all", help="model name or 'all' (default)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--heatmap-dir", type=Path, help="write a Grad-CAM overlay PNG per (file, model)")
+    parser.add_argument("--maps", action="store_true",
+                        help="also write each map as <stem>.<model>.npy (224 x 224 float32, explaining P(pneumonia)) "
+                             "into --heatmap-dir")
+    parser.add_argument("--lung-dir", type=Path, help="write the lungs found as <stem>.lungs.png (255 = lung)")
     parser.add_argument("--no-ood-check", action="store_true", help="skip the out-of-distribution guard")
     parser.add_argument("files", nargs="*", metavar="FILE")
     args = parser.parse_args(argv)
     if not args.files:
         parser.error("no files given")
+    if args.maps and not args.heatmap_dir:
+        parser.error("--maps needs --heatmap-dir")
     names = available_models()
     if args.model != "all" and args.model not in names:
         parser.error(f"unknown model '{args.model}'. Available: {', '.join(names) or 'none'}")
 
-    models = [inference.load_model(n) for n in (names if args.model == "all" else [args.model])]
-    guard = None if args.no_ood_check else _guard()
-    if args.heatmap_dir:
-        args.heatmap_dir.mkdir(parents=True, exist_ok=True)
+    lungs = _optional(LungSegmenter)
+    models = [inference.load_model(n, lungs=lungs) for n in (names if args.model == "all" else [args.model])]
+    guard = None if args.no_ood_check else _optional(OODCheck)
+    if args.lung_dir and lungs is None:
+        parser.error("--lung-dir needs the lung segmenter (models/lungs; train it with python -m core.segmenter)")
+    for folder in (args.heatmap_dir, args.lung_dir):
+        if folder:
+            folder.mkdir(parents=True, exist_ok=True)
+    stems = _unique_stems(args.files)
     status = EXIT_OK
     numbered = list(enumerate(args.files))
     for start in range(0, len(numbered), BATCH):
@@ -57,32 +74,51 @@ def main(argv=None) -> int:
             except ImageDecodeError as exc:
                 uploads[index] = str(exc)
         good = [i for i, _ in chunk if not isinstance(uploads[i], str)]
-        readings = dict(zip(good, inference.score([uploads[i].gray for i in good], models, guard), strict=True))
+        readings = dict(zip(good, inference.score([uploads[i].gray for i in good], models, guard, lungs), strict=True))
         for index, path in chunk:
             if index not in readings:
                 status = EXIT_REFUSED
                 _emit(args.json, {"file": path, "error": uploads[index]})
                 continue
             reading, gray = readings[index], uploads[index].gray
+            if args.lung_dir:
+                Image.fromarray(reading.lungs.astype(np.uint8) * 255).save(args.lung_dir / f"{stems[index]}.lungs.png")
             for model in models:
                 d = reading.diagnoses[model.name]
+                share = reading.lung_share(model.name)
                 record = {"file": path, "model": model.name, "probability": round(d.probability, 6),
-                          "label": d.label, "threshold": round(d.threshold, 6)}
+                          "label": d.label, "threshold": round(d.threshold, 6),
+                          "lung_share": None if share is None else round(share, 4)}
                 if reading.flagged:
                     record.update(ood=True, warning=reading.ood.warning)
                 _emit(args.json, record)
                 if args.heatmap_dir:
                     out = args.heatmap_dir / f"{index:03d}_{Path(path).stem}_{model.name}.png"
                     Image.fromarray(overlay(gray, d.heatmap(gray.shape, d.label))).save(out)
+                if args.maps:
+                    np.save(args.heatmap_dir / f"{stems[index]}.{model.name}.npy",
+                            d.heatmap((224, 224), "PNEUMONIA").astype(np.float32))
     return status
 
 
-def _guard() -> OODCheck | None:
+def _optional(component):
+    """The shipped guard or segmenter, or ``None`` (with a warning) when it is not shipped."""
     try:
-        return OODCheck()
+        return component()
     except FileNotFoundError as exc:
         print(f"warning: {exc}", file=sys.stderr)
         return None
+
+
+def _unique_stems(paths: list[str]) -> list[str]:
+    """File stems for output names; a stem seen before gets ``-2``, ``-3``… so no output overwrites another."""
+    seen: dict[str, int] = {}
+    out = []
+    for path in paths:
+        stem = Path(path).stem
+        seen[stem] = seen.get(stem, 0) + 1
+        out.append(stem if seen[stem] == 1 else f"{stem}-{seen[stem]}")
+    return out
 
 
 def _emit(as_json: bool, record: dict) -> None:
@@ -93,6 +129,7 @@ def _emit(as_json: bool, record: dict) -> None:
     else:
         print(f"{record['file']}: {record['model']}: P(pneumonia)={record['probability']:.4f} -> "
               f"{record['label']} (threshold {record['threshold']:.4f})"
+              + (f", {record['lung_share']:.0%} of the evidence in the lungs" if record["lung_share"] is not None else "")
               + (f"  WARNING: {record['warning']}" if record.get("ood") else ""), flush=True)
 
 

@@ -3,8 +3,9 @@
 Each table is made from shipped artifacts and sits between ``<!-- NAME:begin -->`` and
 ``<!-- NAME:end -->`` markers: ``results`` (README; the models' ``metrics.json`` and cards),
 ``speed`` (``docs/speed.md``; ``benchmarks/latest.json``) and ``ood`` (``docs/security.md``;
-``models/ood/report.json``). ``--update-readme`` rewrites every block; the tests check that each
-one equals what its JSON gives.
+``models/ood/report.json``), ``invariance`` and ``lungs`` (``docs/lungs.md``;
+``models/invariance.json``, ``models/lungs/metrics.json``). ``--update-readme`` rewrites every block;
+the tests check that each one equals what its JSON gives.
 """
 
 from __future__ import annotations
@@ -15,10 +16,21 @@ from pathlib import Path
 
 from core.bench import speed_table
 from core.evaluation import interval_text
+from core.invariance import invariance_table
 from core.ood_report import guard_table
-from core.registry import ROOT, available_models, benchmark_file, guard_files, load_card, load_metrics, models_dir
+from core.registry import (
+    ROOT,
+    available_models,
+    benchmark_file,
+    guard_files,
+    invariance_file,
+    load_card,
+    load_metrics,
+    lungs_files,
+    models_dir,
+)
 
-__all__ = ["BEGIN", "END", "BLOCKS", "results_table", "generated", "block_in", "update_docs", "main"]
+__all__ = ["BEGIN", "END", "BLOCKS", "results_table", "lungs_table", "generated", "block_in", "update_docs", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -29,8 +41,9 @@ def results_table(root=None) -> str:
     root = root or models_dir()
     lines = [
         "| model | backbone | test accuracy (95 % CI) | sensitivity | specificity | precision | F1 | ROC AUC (95 % CI) | PR AUC "
-        "| threshold (from validation) | val ROC AUC | training time | hardware |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| threshold (from validation) | val ROC AUC | map energy in lungs | pointing game | template index "
+        "| training time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in available_models(root):
         card, r = load_card(name, root), load_metrics(name, root)
@@ -41,10 +54,16 @@ def results_table(root=None) -> str:
             f"| {name} | {card.backbone or 'none'} | {_with_ci(m['accuracy'], ci, 'accuracy')} | {m['sensitivity']:.3f} | "
             f"{m['specificity']:.3f} | {m['precision']:.3f} | {m['f1']:.3f} | {_with_ci(r['roc_auc'], ci, 'roc_auc')} | "
             f"{r['pr_auc']:.3f} | "
-            f"{m['threshold']:.3f} | {card.val_metrics['roc_auc']:.3f} | {card.training_time_s / 60:.1f} min | "
-            f"{card.hardware} |"
+            f"{m['threshold']:.3f} | {card.val_metrics['roc_auc']:.3f} | "
+            + " | ".join(_number(r.get("explanation", {}).get(k)) for k in ("lung_energy_mean", "pointing_game",
+                                                                            "template_index"))
+            + f" | {card.training_time_s / 60:.1f} min |"
         )
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _with_ci(value: float, ci: dict, key: str) -> str:
@@ -52,11 +71,35 @@ def _with_ci(value: float, ci: dict, key: str) -> str:
 
 
 # block name -> (the file it sits in, relative to the repository, and how to make it)
+def _from_json(path_of, make, command: str):
+    """A block made from a JSON file, or a line saying how to make that file when it is missing."""
+    def block() -> str:
+        path = path_of()
+        return make(json.loads(path.read_text())) if path.exists() else f"Not measured yet: run `{command}`."
+    return block
+
+
 BLOCKS = {
     "results": ("README.md", results_table),
-    "speed": ("docs/speed.md", lambda: speed_table(json.loads(benchmark_file().read_text()))),
-    "ood": ("docs/security.md", lambda: guard_table(json.loads(guard_files().report.read_text()))),
+    "speed": ("docs/speed.md", _from_json(benchmark_file, speed_table, "python -m core.bench")),
+    "ood": ("docs/security.md", _from_json(lambda: guard_files().report, guard_table, "python -m core.ood --report")),
+    "invariance": ("docs/lungs.md", _from_json(invariance_file, invariance_table,
+                                                "python -m core.evaluate --invariance")),
+    "lungs": ("docs/lungs.md", _from_json(lambda: lungs_files().report, lambda r: lungs_table(r),
+                                          "python -m core.evaluate --lungs")),
 }
+
+
+def lungs_table(report: dict) -> str:
+    """The lung segmenter's test Dice and its invariance (``models/lungs/metrics.json``) as Markdown."""
+    t = report["test"]
+    lines = [f"Test masks ({report['images']} images): mean Dice {t['dice_mean']:.3f}, 5th percentile "
+             f"{t['dice_p05']:.3f}, lowest {t['dice_min']:.3f}; lungs found implausible (flagged by the guard) in "
+             f"{t['implausible_lungs']} of the test X-rays.", "",
+             "| variant | Dice to the lungs found on the copy | Dice to the true masks |", "|---|---|---|"]
+    lines += [f"| {v} | {x['dice_to_copy_mean']:.3f} | {x['dice_to_truth_mean']:.3f} |"
+              for v, x in report["invariance"].items()]
+    return "\n".join(lines)
 
 
 def _markers(name: str) -> tuple[str, str]:

@@ -21,9 +21,10 @@ from core.evaluation import bootstrap_ci
 from core.gradcam import overlay
 from core.inference import ImageReading, LoadedModel, Upload
 from core.ood import OODCheck, OODResult
+from core.segmenter import LungSegmenter
 
 __all__ = [
-    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "withheld_unless_asked",
+    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
     "read_uploads", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
     "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
     "test_overlays", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
@@ -44,17 +45,28 @@ def ensure_app(page_file: str) -> None:
 
 @st.cache_resource(show_spinner="Loading model…")
 def get_model(name: str) -> LoadedModel:
-    """A shipped model, loaded once per server process and shared (never mutated)."""
-    return inference.load_model(name)
+    """A shipped model, loaded once per server process and shared (never mutated); with the lung
+    segmenter attached where the model's own pass can find the lungs."""
+    return inference.load_model(name, lungs=get_lungs())
+
+
+def _if_shipped(component):
+    try:
+        return component()
+    except FileNotFoundError:
+        return None
 
 
 @st.cache_resource(show_spinner="Loading the out-of-distribution guard…")
 def get_ood() -> OODCheck | None:
     """The out-of-distribution guard, or ``None`` when it is not shipped."""
-    try:
-        return OODCheck()
-    except FileNotFoundError:
-        return None
+    return _if_shipped(OODCheck)
+
+
+@st.cache_resource(show_spinner="Loading the lung segmenter…")
+def get_lungs() -> LungSegmenter | None:
+    """The lung segmenter, or ``None`` when it is not shipped."""
+    return _if_shipped(LungSegmenter)
 
 
 def withheld_unless_asked(check: OODResult | None, key: str) -> bool:
@@ -64,7 +76,9 @@ def withheld_unless_asked(check: OODResult | None, key: str) -> bool:
     """
     if check is None or not check.flagged:
         return False
-    st.warning(check.warning + " The diagnosis is withheld.")
+    asked = bool(st.session_state.get(key, False))
+    st.warning(check.warning + (" The output below is shown because you asked for it: do not rely on it."
+                                if asked else " The diagnosis is withheld."))
     return not st.checkbox("Show the models' output anyway", key=key)
 
 
@@ -93,8 +107,8 @@ def read_uploads(slot: str, files: dict[str, bytes], max_bytes: int | None = Non
 
 
 def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: bool = False) -> dict[str, ImageReading]:
-    """The guard's check (when ``check``) and each named model's diagnosis of each image (key ->
-    224 x 224 gray), computed once while the image stays in ``slot``.
+    """The guard's check and the lungs (when ``check``) and each named model's diagnosis of each image
+    (key -> 224 x 224 gray), computed once while the image stays in ``slot``.
 
     Kept in this session's memory (never on disk), so moving a widget redraws the page without
     scoring again; images no longer given are forgotten. What is missing is scored in one
@@ -111,12 +125,13 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
             groups.setdefault(need, []).append(key)
     for (need_check, need_models), keys in groups.items():
         found = inference.score([images[k] for k in keys], [get_model(n) for n in need_models],
-                                get_ood() if need_check else None)
+                                get_ood() if need_check else None, get_lungs() if need_check else None)
         for key, reading in zip(keys, found, strict=True):
             if need_check:
-                held[key]["ood"] = reading.ood
+                held[key]["ood"], held[key]["lungs"] = reading.ood, reading.lungs
             held[key]["scores"].update(reading.diagnoses)
-    return {k: ImageReading(held[k].get("ood"), {n: held[k]["scores"][n] for n in names}) for k in images}
+    return {k: ImageReading(held[k].get("ood"), {n: held[k]["scores"][n] for n in names}, held[k].get("lungs"))
+            for k in images}
 
 
 def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False) -> ImageReading:

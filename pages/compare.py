@@ -14,6 +14,10 @@ from pages import _ui as ui
 
 ui.ensure_app(__file__)
 
+# explanation quality against the true lung masks (metrics.json "explanation"), column -> key
+EXPLANATION = {"map energy in lungs": "lung_energy_mean", "pointing game": "pointing_game",
+               "template index": "template_index"}
+
 st.title("Compare models")
 names = ui.no_models_stop()
 
@@ -38,17 +42,22 @@ for name in names:
         "parameters": card.parameters,
         "file size (MB)": ui.weights_size_mb(name),
         "ms per image": ui.ms_per_image(name),
+        **{label: (report or {}).get("explanation", {}).get(key) for label, key in EXPLANATION.items()},
     })
 table = pd.DataFrame(rows).set_index("model")
-higher = ["accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC", "PR AUC"]
-lower = ["parameters", "file size (MB)", "ms per image"]
+higher = ["accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC", "PR AUC", "map energy in lungs",
+          "pointing game"]
+lower = ["parameters", "file size (MB)", "ms per image", "template index"]
 styled = (table.style.highlight_max(subset=higher, color="#cfe8d8").highlight_min(subset=lower, color="#cfe8d8")
-          .format({**dict.fromkeys(higher + ["threshold"], "{:.3f}"), "parameters": "{:,.0f}",
-                   "file size (MB)": "{:.1f}", "ms per image": "{:.0f}"}))
+          .format({**dict.fromkeys(higher + ["threshold", "template index"], "{:.3f}"), "parameters": "{:,.0f}",
+                   "file size (MB)": "{:.1f}", "ms per image": "{:.0f}"}, na_rep="n/a"))
 st.dataframe(styled, width="stretch", key="cmp_table")
 st.caption("Test-set metrics at each model's card threshold (chosen on validation), with 95 % bootstrap intervals "
            "(test images resampled within each class). ms per image: median time of one diagnosis (probability + "
-           "Grad-CAM) on this server. Best value per column highlighted.")
+           "Grad-CAM) on this server. Map energy in lungs: share of the pneumonia map inside the true lung masks "
+           "(the lungs cover about a third of the image); pointing game: share of images whose map peaks inside "
+           "the lungs; template index: how much every image gets the same map (1 = always). Best value per column "
+           "highlighted.")
 
 fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance")])
 for name in names:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from core.gradcam import overlay
 from core.inference import label_for
+from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
 from core.preprocessing import model_view
 from pages import _ui as ui
 
@@ -29,6 +31,8 @@ with st.sidebar:
             thresholds[name] = st.slider(name, 0.0, 1.0, float(ui.card(name).threshold), 0.01, key=f"dx_thr_{name}")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="dx_alpha")
     target = CLASS_CHOICES[st.radio("Grad-CAM explains", list(CLASS_CHOICES), key="dx_target")]
+    show_lungs = st.toggle("Lung outline", value=True, key="dx_lungs",
+                           help="The lungs the segmenter found, drawn over the input and the heatmaps.")
 
 # No extension filter: every file reaches the decoder, which recognises content (not names) and
 # answers anything it cannot use with a specific message.
@@ -102,17 +106,32 @@ if dicom:
     st.caption(" · ".join(f"{k}: {v}" for k, v in dicom.items()))
 if ui.withheld_unless_asked(flagged.get(shown), key=f"dx_ood_{shown}"):
     st.stop()
+reading = readings[keys[shown]]
+lungs = reading.lungs if show_lungs else None
+
+
+def outlined(rgb):
+    return draw_outline(rgb, lungs) if lungs is not None else rgb
+
+
 for filename, gray, d in [r for r in results if r[0] == shown]:
     label = label_for(d.probability, thresholds[d.model])
-    heat = overlay(gray, d.heatmap(gray.shape, target), alpha=alpha)
+    heat = outlined(overlay(gray, d.heatmap(gray.shape, target), alpha=alpha))
+    share = reading.lung_share(d.model)
     info, original, explained = st.columns(3)
     with info:
         st.markdown(f"**{d.model}**")
         st.metric("P(pneumonia)", f"{d.probability:.1%}")
         st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.2f}", unsafe_allow_html=True)
+        if share is not None:
+            st.caption(f"{share:.0%} of the evidence for pneumonia lies inside the lungs found.")
+            if share < 0.5:
+                st.warning(EVIDENCE_OUTSIDE_WARNING.format(outside=1 - share))
         st.download_button("Download overlay (PNG)", ui.png_bytes(heat),
                            f"{filename.rsplit('.', 1)[0]}_{d.model}_gradcam.png", "image/png", key=f"dx_png_{d.model}")
     spec = ui.get_model(d.model).spec
-    original.image(model_view(gray, spec), clamp=True, width="stretch",
-                   caption="Input as the model sees it (224 × 224" + (", histogram-equalised)" if spec.equalize else ")"))
+    view = model_view(gray, spec)
+    original.image(outlined(np.repeat(view[..., None], 3, axis=-1)), width="stretch",
+                   caption="Input as the model sees it (224 × 224" + (", histogram-equalised)" if spec.equalize else ")")
+                   + (", lungs outlined" if lungs is not None else ""))
     explained.image(heat, caption=f"Grad-CAM: evidence for {target.lower()}", width="stretch")

@@ -97,6 +97,13 @@ for tab, name in zip(st.tabs(names), names, strict=False):
                                "evidence lies in the central third of the width (mediastinum and heart; a uniform map "
                                f"puts 33 % there) and {cam.get('border_share_mean') or 0:.0%} on the top and side "
                                "borders (shoulders, corners, labels; uniform: 26 %).")
+                lungs = report.get("explanation")
+                if lungs and lungs.get("lung_energy_mean") is not None:
+                    st.caption(f"Against the true lung masks of the {lungs['images']} test images: "
+                               f"{lungs['lung_energy_mean']:.0%} of the map's energy lies inside the lungs (the lungs "
+                               f"cover {lungs['lung_area_mean']:.0%} of the image); its maximum falls inside them in "
+                               f"{lungs['pointing_game']:.0%} of images; template index {lungs['template_index']:.2f} "
+                               "(1 = the same map for every image).")
         hist = ui.history(name)
         if hist is not None and len(hist):
             runs = list(hist.groupby("member_seed")) if "member_seed" in hist else [(None, hist)]

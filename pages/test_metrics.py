@@ -23,13 +23,14 @@ if df is None or report is None:
 
 st.caption(f"Official test split: {len(df)} images ({int(df.y.sum())} pneumonia, {int((1 - df.y).sum())} normal). "
            f"Card threshold {card.threshold:.3f}, chosen to {card.threshold_rule}.")
-threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, float(card.threshold), 0.005,
-                      key=f"tm_threshold_{name}")
+threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, round(float(card.threshold), 3), 0.001,
+                      format="%.3f", key=f"tm_threshold_{name}")
 m = metrics_at(df.y, df.probability, threshold)
 cm = m["confusion_matrix"]
 cols = st.columns(5)
 for col, key in zip(cols, ["accuracy", "sensitivity", "specificity", "precision", "f1"], strict=False):
-    col.metric(key.capitalize() if key != "f1" else "F1", f"{m[key]:.3f}")
+    col.metric(key.capitalize() if key != "f1" else "F1", "n/a" if m[key] is None else f"{m[key]:.3f}",
+               help="Undefined: no image is called pneumonia at this threshold." if m[key] is None else None)
 ci = ui.metric_intervals(name, threshold)
 auc_ci = report.get("ci95", {}).get("roc_auc")
 st.caption(
@@ -53,9 +54,11 @@ with left:
     st.plotly_chart(fig, key="tm_roc")
 with right:
     pr = report["pr_curve"]
+    marker = [] if m["precision"] is None else [  # no point where precision is undefined
+        go.Scatter(x=[m["sensitivity"]], y=[m["precision"]], mode="markers", marker={"size": 12, "color": "#b5443a"},
+                   name=f"threshold {threshold:.3f}")]
     fig = go.Figure([go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name=f"PR (AP {report['pr_auc']:.3f})"),
-                     go.Scatter(x=[m["sensitivity"]], y=[m["precision"]], mode="markers",
-                                marker={"size": 12, "color": "#b5443a"}, name=f"threshold {threshold:.3f}")])
+                     *marker])
     fig.update_layout(title="Precision–recall curve", xaxis_title="Recall (sensitivity)", yaxis_title="Precision",
                       height=420)
     st.plotly_chart(fig, key="tm_pr")
@@ -65,10 +68,7 @@ with left:
     st.subheader("Confusion matrix")
     matrix = pd.DataFrame([[cm["tn"], cm["fp"]], [cm["fn"], cm["tp"]]],
                           index=["true NORMAL", "true PNEUMONIA"], columns=["predicted NORMAL", "predicted PNEUMONIA"])
-    fig = px.imshow(matrix, text_auto=True, color_continuous_scale="Blues", aspect="auto")
-    fig.update_layout(xaxis_title="Predicted label", yaxis_title="True label", height=340, coloraxis_showscale=False)
-    st.plotly_chart(fig, key="tm_cm")
-    st.dataframe(matrix, key="tm_cm_table", width="stretch")
+    st.dataframe(matrix.style.background_gradient(cmap="Blues", axis=None), key="tm_cm_table", width="stretch")
 with right:
     st.subheader("Classification report")
     pred = (df.probability >= threshold).astype(int)

@@ -37,7 +37,7 @@ def test_json_lines_for_good_and_bad_files(files, shipped_models, tmp_path):
     assert {r["file"] for r in errors} == {str(bad), str(files / "missing.png")}
     for r in scored:
         # generated pictures may be flagged by the out-of-distribution guard: two fields more
-        assert set(r) - {"ood", "warning"} == {"file", "model", "probability", "label", "threshold"}
+        assert set(r) - {"ood", "warning"} == {"file", "model", "probability", "label", "threshold", "lung_share"}
         assert r.get("ood", True) is True and ("ood" in r) == ("warning" in r)
         assert 0 <= r["probability"] <= 1 and r["model"] in shipped_models
         assert r["label"] == ("PNEUMONIA" if r["probability"] >= r["threshold"] else "NORMAL")
@@ -49,7 +49,7 @@ def test_real_xray_lines_have_exactly_the_contract_fields(shipped_models, sample
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["model"] for r in records] == shipped_models
-    assert all(set(r) == {"file", "model", "probability", "label", "threshold"} for r in records)
+    assert all(set(r) == {"file", "model", "probability", "label", "threshold", "lung_share"} for r in records)
 
 
 def test_all_good_exits_zero_and_plain_text(files, shipped_models):

@@ -105,3 +105,8 @@ def test_summary_line_when_no_image_was_called_pneumonia():
     assert "CI" not in line  # validation summaries carry no intervals
     r["ci95"] = {"accuracy": [0.8413, 0.8894], "roc_auc": [0.9498, 0.9768]}
     assert summary_line("finetuned", "test", r).endswith("95 % CI: acc 0.841–0.889, ROC AUC 0.950–0.977")
+
+
+def test_precision_is_undefined_when_nothing_is_called_pneumonia():
+    m = metrics_at(Y, P, 1.01)
+    assert m["precision"] is None and m["sensitivity"] == 0 and m["f1"] == 0

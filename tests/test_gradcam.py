@@ -161,3 +161,25 @@ def test_border_share():
     inner[50:60, 40:60] = 1
     assert border_share(inner) == 0.0
     assert np.isnan(border_share(np.zeros((5, 5))))
+
+
+def test_maps_fail_the_model_randomisation_check_as_they_should(shipped_models, data_dir):
+    """Adebayo et al.'s sanity check: re-initialise the head and the maps must change (they depend on the model)."""
+    from scipy.stats import spearmanr
+
+    from core.data import list_split, load_images
+    from core.inference import load_model
+    from core.preprocessing import to_model_input
+
+    model = load_model(shipped_models[-1])
+    gray = load_images(list_split(data_dir, "test")[::16])
+    before = [d.heatmap((224, 224), "PNEUMONIA") for d in model.diagnose_gray(gray)]
+    rng = np.random.default_rng(0)
+    logit = model.keras_model.get_layer("logit")
+    kernel, bias = logit.get_weights()
+    logit.set_weights([rng.normal(0, kernel.std() + 1e-3, kernel.shape).astype(kernel.dtype), bias])
+    randomised = GradCam(model.keras_model, model.card.gradcam_layer)
+    _, signed = randomised(to_model_input(gray, model.spec))
+    after = [normalise(upsample(class_map(s, "PNEUMONIA"), (224, 224))) for s in signed]
+    rho = [spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(before, after, strict=True) if a.max() > 0 and b.max() > 0]
+    assert len(rho) > 10 and np.nanmean(rho) < 0.5, np.nanmean(rho)

@@ -104,3 +104,23 @@ def test_cards_record_the_recipes_that_reproduce_them(shipped_models):
         config["input_size"] = tuple(config["input_size"])
         config["soup_seeds"] = tuple(config.get("soup_seeds", ()))
         assert Recipe(**config) == get_recipe(name), name
+
+
+def test_metrics_record_where_the_maps_lie_against_the_true_lungs(shipped_models):
+    """`python -m core.evaluate` (or `--explanations`) measures every model's maps against the test lung masks."""
+    for name in shipped_models:
+        e = json.loads((models_dir() / name / "metrics.json").read_text())["explanation"]
+        assert e["images"] + e["empty_maps"] == 624, name
+        for key in ("lung_energy_mean", "lung_area_mean", "pointing_game"):
+            assert 0 <= e[key] <= 1, (name, key)
+        assert -1 <= e["template_index"] <= 1 and e["lung_area_mean"] == pytest.approx(0.341, abs=0.001)
+
+
+def test_the_invariance_measurement_covers_every_model_and_variant(shipped_models):
+    from core.invariance import VARIANTS
+    from core.registry import invariance_file
+
+    result = json.loads(invariance_file().read_text())
+    assert result["images"] == 624 and set(result["variants"]) == set(VARIANTS)
+    for row in result["variants"].values():
+        assert set(row["models"]) == set(shipped_models)

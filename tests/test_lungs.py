@@ -1,0 +1,98 @@
+"""Lung masks, explanation quality against them, and the invariance measurement."""
+
+import numpy as np
+import pytest
+
+from core.errors import DatasetNotFoundError
+from core.invariance import VARIANTS, compare, encode_variant, invariance_table, measure
+from core.lungs import dice, explanation_quality, find_mask_dir, lung_energy, pointing_hit, template_index
+from tests.helpers import encode, xray_like
+
+MASK = np.zeros((224, 224), bool)
+MASK[40:180, 20:100] = MASK[40:180, 124:204] = True
+
+
+def test_dice_counts_overlap():
+    assert dice(MASK, MASK) == 1.0 and dice(MASK, ~MASK) == 0.0
+    assert dice(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
+    half = MASK.copy()
+    half[:, :112] = False
+    assert dice(half, MASK) == pytest.approx(2 * half.sum() / (half.sum() + MASK.sum()))
+    assert dice(np.stack([MASK, half]), np.stack([MASK, MASK])).shape == (2,)
+
+
+def test_energy_and_pointing_game():
+    assert lung_energy(MASK.astype(float), MASK) == 1.0
+    assert lung_energy(np.ones((224, 224)), MASK) == pytest.approx(MASK.mean())
+    assert np.isnan(lung_energy(np.zeros((224, 224)), MASK))
+    heat = np.zeros((224, 224))
+    heat[100, 60] = 1
+    assert pointing_hit(heat, MASK) == 1.0
+    heat[10, 112] = 2
+    assert pointing_hit(heat, MASK) == 0.0
+    assert np.isnan(pointing_hit(np.zeros((224, 224)), MASK))
+
+
+def test_template_index_is_one_for_one_map_and_near_zero_for_noise():
+    rng = np.random.default_rng(0)
+    same = np.repeat(rng.random((1, 32, 32)), 10, axis=0)
+    assert template_index(same) == pytest.approx(1.0)
+    assert abs(template_index(rng.random((200, 32, 32)))) < 0.05
+
+
+def test_explanation_quality_skips_empty_maps_and_missing_masks():
+    heats = np.stack([MASK.astype(np.float32), np.zeros((224, 224), np.float32), np.ones((224, 224), np.float32)])
+    masks, present = np.stack([MASK, MASK, MASK]), np.array([True, True, False])
+    q = explanation_quality(heats, masks, present)
+    assert q["images"] == 1 and q["empty_maps"] == 1 and q["lung_energy_mean"] == 1.0 and q["pointing_game"] == 1.0
+
+
+def test_mask_folder_setting_must_hold_masks(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMONIA_MASKS_DIR", str(tmp_path))
+    with pytest.raises(DatasetNotFoundError, match="does not hold lung masks"):
+        find_mask_dir()
+    (tmp_path / "test").mkdir()
+    assert find_mask_dir() == tmp_path
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_each_variant_is_the_same_picture_in_another_file(variant):
+    from PIL import Image, ImageFilter
+
+    from core.inference import read_upload
+
+    gray = np.asarray(Image.fromarray(xray_like(224, 224, seed=2)).filter(ImageFilter.GaussianBlur(1.5)))
+    data = encode_variant(gray, variant)
+    assert data[:2] in (b"\xff\xd8", b"\x89P")  # JPEG or PNG bytes, made in memory
+    back = read_upload(data, variant).gray
+    assert back.shape == (224, 224) and np.abs(back.astype(int) - gray).mean() < 3
+
+
+class _Reading:
+    def __init__(self, p, threshold=0.5):
+        from core.inference import Diagnosis
+
+        self.diagnoses = {"m": Diagnosis("m", p, threshold, np.zeros((7, 7)))}
+
+
+def test_compare_measures_probability_change_and_label_flips():
+    r = compare([_Reading(0.2), _Reading(0.6)], [_Reading(0.25), _Reading(0.4)], ["m"])["m"]
+    assert r["mean_abs_dp"] == pytest.approx(0.125) and r["max_abs_dp"] == pytest.approx(0.2)
+    assert r["label_agreement"] == 0.5 and r["labels_flipped"] == 1
+
+
+def test_measure_runs_every_variant_through_the_upload_path(tmp_path, shipped_models):
+    from core.inference import load_model
+
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "d" / "train" / label).mkdir(parents=True)
+        (tmp_path / "d" / "test" / label).mkdir(parents=True)
+        for i in range(2):
+            (tmp_path / "d" / "test" / label / f"IM-{i}-{label}.jpeg").write_bytes(
+                encode(xray_like(224, 224, seed=i + 5 * len(label)), "JPEG"))
+    result = measure([load_model(shipped_models[0])], None, tmp_path / "d")
+    assert result["images"] == 4 and set(result["variants"]) == set(VARIANTS)
+    for row in result["variants"].values():
+        m = row["models"][shipped_models[0]]
+        assert 0 <= m["mean_abs_dp"] <= m["max_abs_dp"] <= 1 and 0 <= m["label_agreement"] <= 1
+    assert "fullres" not in result and shipped_models[0] in invariance_table(result)
