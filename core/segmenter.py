@@ -233,7 +233,7 @@ class _Views(keras.utils.PyDataset):
         return tuple(x), np.stack(out[-1])[..., None].astype(np.float32)
 
 
-def train_segmenter(data_dir=None, mask_dir=None, root: Path | None = None, views: int = 4, epochs: int = 40,
+def train_segmenter(data_dir=None, mask_dir=None, root: Path | None = None, views: int = 4, epochs: int = 30,
                     seed: int = 42, limit: int | None = None) -> dict:
     """Train the decoder on the ``train`` masks (validation held out by patient, as the models') and ship it.
 

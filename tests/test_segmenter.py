@@ -153,3 +153,24 @@ def test_a_lite0_model_finds_the_same_lungs_in_its_own_pass(segmenter, shipped_m
         if model.gives_lungs:
             assert np.array_equal(np.stack([d.lungs for d in found]), alone), name
         assert [d.probability for d in found] == pytest.approx([d.probability for d in plain.diagnose_gray(gray)])
+
+
+def test_training_ships_a_segmenter_that_loads_and_resumes(tmp_path, monkeypatch):
+    """A tiny run on generated images and masks: decoder, card, sha256 check; asking for more epochs resumes."""
+    from PIL import Image
+
+    from core.segmenter import LungSegmenter, train_segmenter
+    from tests.helpers import tiny_dataset
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "chest_xray", n=10)
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "masks" / "train" / label).mkdir(parents=True)
+        for image in (data / "train" / label).iterdir():
+            Image.fromarray(PAIR.astype(np.uint8) * 255).save(tmp_path / "masks" / "train" / label / f"{image.stem}.png")
+    card = train_segmenter(data, tmp_path / "masks", tmp_path / "models", views=2, epochs=1)
+    assert card["training"]["epochs_run"] == 1 and 0 <= card["val_metrics"]["dice_mean"] <= 1
+    card = train_segmenter(data, tmp_path / "masks", tmp_path / "models", views=2, epochs=2)
+    assert card["training"]["epochs_run"] == 2  # resumed after epoch 1, not started again
+    found = LungSegmenter(tmp_path / "models").masks(np.stack([xray_like(224, 224)] * 2))
+    assert found.shape == (2, 224, 224) and found.dtype == bool
