@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import keras
@@ -88,7 +89,8 @@ def check_same_run(state: dict, recipe: Recipe, run_dir: Path) -> None:
     if saved is None:
         raise ValueError(f"{run_dir} holds a run from an older version that did not record its settings; "
                          "pass --fresh to discard it.")
-    differs = sorted(k for k, v in settings(recipe).items() if saved.get(k) != v)
+    defaults = {f.name: f.default for f in fields(Recipe)}  # a setting added later reads as its default
+    differs = sorted(k for k, v in settings(recipe).items() if saved.get(k, defaults.get(k)) != v)
     if differs:
         raise ValueError(
             f"{run_dir} holds a run of '{recipe.name}' with other settings ({', '.join(differs)}); "

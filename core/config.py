@@ -28,6 +28,7 @@ class Recipe:
     brightness: float = 0.1
     contrast: float = 0.0
     central_erasing: float = 0.0  # probability of blanking the central third (mediastinum)
+    encoding_augment: bool = False  # re-encode training images as other files would bring them (core.augment)
     equalize: bool = False  # histogram-equalise each image before normalisation (train and serve)
     augment: bool = True
     # fine-tuning depth: the study trained the top 50 of ResNet50's 175 layers (29 %);

@@ -16,7 +16,6 @@ only), so the lungs found do not depend on how the file was encoded.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import json
 import logging
 import time
@@ -25,8 +24,9 @@ from pathlib import Path
 import keras
 import numpy as np
 from keras import layers
-from PIL import Image, ImageFilter
+from PIL import Image
 
+from core.augment import encoding_path
 from core.backbones import efficientnet_lite0
 from core.checkpoints import Resumable, load_state, restore_counters, save_state
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
@@ -167,21 +167,7 @@ def augment_pair(gray: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -
     angle, scale = rng.uniform(-10, 10), rng.uniform(0.9, 1.1)
     dx, dy = rng.uniform(-0.08, 0.08, 2) * 224
     img, m = _affine(img, angle, scale, dx, dy, Image.BILINEAR), _affine(m, angle, scale, dx, dy, Image.BILINEAR)
-    if rng.random() < 0.5:  # acquired at another resolution, then squashed to 224 as an upload is
-        size = int(224 * rng.uniform(0.5, 4.0))
-        img = img.resize((size, size), [Image.BILINEAR, Image.BICUBIC, Image.LANCZOS][rng.integers(3)])
-        img = img.resize((224, 224), Image.BILINEAR)
-    if rng.random() < 0.3:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.2, 1.2)))
-    arr = np.asarray(img, np.float32)
-    if rng.random() < 0.3:
-        arr = np.clip(arr + rng.normal(0, rng.uniform(0.5, 4.0), arr.shape), 0, 255)
-    arr = arr.astype(np.uint8)
-    if rng.random() < 0.6:  # JPEG at a random quality
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="JPEG", quality=int(rng.integers(30, 96)))
-        arr = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
-    return arr, np.asarray(m) >= 128
+    return encoding_path(np.asarray(img), rng), np.asarray(m) >= 128
 
 
 def _taps_of(taps_model, gray: np.ndarray, batch: int = 64) -> list[np.ndarray]:

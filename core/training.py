@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from core.augment import encoding_path
 from core.averaging import average_weights, soup_record, wise_ft
 from core.cards import assemble_card
 from core.checkpoints import Resumable, check_same_run, load_state, restore_counters, save_state, settings
@@ -39,12 +40,13 @@ log = logging.getLogger(__name__)
 
 
 class Batches(keras.utils.PyDataset):
-    """Batches of model inputs from uint8 grayscale images, optionally with sample weights."""
+    """Batches of model inputs from uint8 grayscale images, optionally with sample weights and, for
+    training, each image re-encoded at random (:func:`core.augment.encoding_path`) before preprocessing."""
 
-    def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, **kw):
+    def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, encoding=False, **kw):
         super().__init__(**kw)
         self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
-        self.batch_size, self.shuffle, self.weights = batch_size, shuffle, weights
+        self.batch_size, self.shuffle, self.weights, self.encoding = batch_size, shuffle, weights, encoding
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(len(gray))
         if shuffle:
@@ -55,7 +57,10 @@ class Batches(keras.utils.PyDataset):
 
     def __getitem__(self, i):
         idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        x = to_model_input(self.gray[idx], self.spec)
+        gray = self.gray[idx]
+        if self.encoding:
+            gray = np.stack([encoding_path(g, self._rng) for g in gray])
+        x = to_model_input(gray, self.spec)
         y = self.labels[idx][:, None]
         if self.weights is None:
             return x, y
@@ -115,7 +120,7 @@ def _build(recipe: Recipe, weights: list | None = None) -> keras.Model:
 def _fit_images(recipe: Recipe, model, data: _Data, run_dir: Path, state: dict):
     weights = class_weights(data.y_tr) if recipe.class_weights else None
     train_data = Batches(data.x_tr, data.y_tr, data.spec, recipe.batch_size, shuffle=True, weights=weights,
-                         seed=recipe.seed)
+                         seed=recipe.seed, encoding=recipe.encoding_augment)
     val_data = Batches(data.x_va, data.y_va, data.spec, 64)
     if (run_dir / "last.keras").exists() and state.get("epoch", 0) > 0:
         trainer = keras.saving.load_model(run_dir / "last.keras")
@@ -145,8 +150,13 @@ def _fit_images(recipe: Recipe, model, data: _Data, run_dir: Path, state: dict):
     return keras.saving.load_model(run_dir / "best.keras", compile=False)
 
 
+ENCODED_VIEWS = 3  # re-encoded views per training image, beside the image itself, for a frozen backbone
+
+
 def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: dict):
-    """Frozen backbone: compute pooled features once, train dropout + dense on them."""
+    """Frozen backbone: compute pooled features once, train dropout + dense on them. With
+    ``encoding_augment``, the head trains on the features of each image and of
+    :data:`ENCODED_VIEWS` re-encoded views of it."""
     cached = run_dir / "features.npz"
     key = np.array(json.dumps(settings(recipe), sort_keys=True))  # features belong to one split and input
     f_tr = f_va = None
@@ -156,7 +166,10 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
                 f_tr, f_va = f["train"], f["val"]
     if f_tr is None:
         features = keras.Model(model.input, model.get_layer("avg_pool").output)
-        f_tr, f_va = (_outputs(features, x, data.spec).astype(np.float32) for x in (data.x_tr, data.x_va))
+        rng = np.random.default_rng(recipe.seed)
+        views = [data.x_tr] + [np.stack([encoding_path(g, rng) for g in data.x_tr])
+                               for _ in range(ENCODED_VIEWS if recipe.encoding_augment else 0)]
+        f_tr, f_va = (_outputs(features, x, data.spec).astype(np.float32) for x in (np.concatenate(views), data.x_va))
         np.savez(run_dir / "features.tmp.npz", train=f_tr, val=f_va, key=key)
         (run_dir / "features.tmp.npz").replace(cached)
     head_in = keras.Input(f_tr.shape[1:])
@@ -165,10 +178,11 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
     out = keras.layers.Activation("sigmoid")(logit(h))
     head = keras.Model(head_in, out)
     _compile(head, recipe)
-    weights = class_weights(data.y_tr)[np.asarray(data.y_tr, int)] if recipe.class_weights else None
+    y_tr = np.tile(np.asarray(data.y_tr, int), len(f_tr) // len(data.y_tr))  # one label per view
+    weights = class_weights(data.y_tr)[y_tr] if recipe.class_weights else None
     best = keras.callbacks.EarlyStopping("val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True)
     lr = keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor, patience=recipe.reduce_lr_patience)
-    hist = head.fit(f_tr, np.asarray(data.y_tr, np.float32), sample_weight=weights,
+    hist = head.fit(f_tr, y_tr.astype(np.float32), sample_weight=weights,
                     validation_data=(f_va, np.asarray(data.y_va, np.float32)),
                     epochs=recipe.epochs, batch_size=recipe.batch_size, callbacks=[best, lr], verbose=2)
     state["history"] = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}}

@@ -251,3 +251,16 @@ def test_wise_ft_needs_a_start_and_a_valid_alpha(tmp_path, capsys):
             main(["finetuned", "--wise-ft-alpha", bad])
         assert exit_.value.code == 2
     assert "wise-ft-alpha" in capsys.readouterr().err
+
+
+def test_a_frozen_head_trains_on_reencoded_views(tmp_path, monkeypatch):
+    """With encoding_augment, the transfer head sees each image and three re-encodings of it."""
+    from core.training import ENCODED_VIEWS, train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
+    recipe = get_recipe("transfer").with_overrides(epochs=2, batch_size=8, val_fraction=0.25, encoding_augment=True)
+    train(recipe, data, out_root=tmp_path / "models", fresh=True)
+    with np.load(tmp_path / "cache" / "runs" / "transfer" / "features.npz") as f:
+        assert len(f["train"]) == (1 + ENCODED_VIEWS) * 12 and len(f["val"]) == 4
+    assert load_card("transfer", tmp_path / "models").config["encoding_augment"] is True
