@@ -23,6 +23,8 @@ __all__ = [
     "resnet50",
     "build_backbone",
     "lite0_imagenet_weights",
+    "named_weights",
+    "assign_named",
 ]
 
 LITE0_CACHE_NAME = "efficientnet_lite0_imagenet"
@@ -90,7 +92,8 @@ def efficientnet_lite0(
         x = layers.Dense(1000, activation="softmax", name="predictions")(x)
     model = keras.Model(inputs, x, name="efficientnet_lite0")
     if weights == "imagenet":
-        _assign_lite0(model, lite0_imagenet_weights())
+        assign_named(model, lite0_imagenet_weights(), "Converted Lite0 weights", BackboneWeightsUnavailable,
+                     frozenset({"predictions/kernel", "predictions/bias"}))
     elif weights is not None:
         model.load_weights(weights)
     return model
@@ -156,18 +159,29 @@ def _convert_lite0(sd: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in out.items()}
 
 
-def _assign_lite0(model: keras.Model, weights: dict[str, np.ndarray]) -> None:
+def named_weights(model: keras.Model) -> dict[str, np.ndarray]:
+    """Every variable of ``model`` as an array keyed ``<layer name>/<variable name>``."""
+    return {f"{layer.name}/{var.name}": np.asarray(var) for layer in model.layers for var in layer.weights}
+
+
+def assign_named(model: keras.Model, weights: dict[str, np.ndarray], what: str, error: type[Exception] = ValueError,
+                 spare: frozenset[str] = frozenset()) -> None:
+    """Set every variable of ``model`` from ``weights`` keyed as :func:`named_weights` keys them.
+
+    Raises:
+        error: An entry is missing, or one other than ``spare`` is left unused (``what`` names the weights).
+    """
     expected = set()
     for layer in model.layers:
         for var in layer.weights:
             key = f"{layer.name}/{var.name}"
             expected.add(key)
             if key not in weights:
-                raise BackboneWeightsUnavailable(f"Converted Lite0 weights lack {key}.")
+                raise error(f"{what} lack {key}.")
             var.assign(weights[key])
-    unused = set(weights) - expected - {"predictions/kernel", "predictions/bias"}
+    unused = set(weights) - expected - spare
     if unused:
-        raise BackboneWeightsUnavailable(f"Converted Lite0 weights have unused entries: {sorted(unused)[:5]}")
+        raise error(f"{what} have unused entries: {sorted(unused)[:5]}")
 
 
 def resnet50(input_shape=(224, 224, 3), weights: str | None = "imagenet") -> keras.Model:

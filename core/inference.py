@@ -84,14 +84,16 @@ class LoadedModel:
         self.explainer = GradCam(self.keras_model, self.card.gradcam_layer, head, TAPS if head is not None else ())
         self.explainer.warm_up()
 
-    def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32) -> list[Diagnosis]:
-        """Diagnose uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)``, in batches."""
+    def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32, lungs: bool = False) -> list[Diagnosis]:
+        """Diagnose uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)``, in batches; with ``lungs`` (and
+        ``gives_lungs``) each diagnosis also carries the lungs found in the same call."""
         gray = np.asarray(gray)
         batch = gray[None] if gray.ndim == 2 else gray
+        run = self.explainer.with_head if lungs and self.gives_lungs else self.explainer
         out: list[Diagnosis] = []
         for start in range(0, len(batch), batch_size):
-            probs, signed, lungs = self.explainer.with_head(to_model_input(batch[start : start + batch_size], self.spec))
-            masks = lungs >= LUNG_THRESHOLD if lungs is not None else [None] * len(probs)
+            probs, signed, *found = run(to_model_input(batch[start : start + batch_size], self.spec))
+            masks = found[0] >= LUNG_THRESHOLD if found and found[0] is not None else [None] * len(probs)
             out += [Diagnosis(self.name, float(p), self.threshold, s, m) for p, s, m in zip(probs, signed, masks,
                                                                                             strict=True)]
         return out
@@ -186,15 +188,16 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
     Returns:
         One :class:`ImageReading` per image, in order.
     """
-    batch = np.asarray(grays, dtype=np.uint8) if len(grays) else np.zeros((0, 224, 224), np.uint8)
-    if not len(batch):
+    if not len(grays):
         return []
+    batch = np.asarray(grays, dtype=np.uint8)
     checks = guard(batch) if guard is not None else [None] * len(batch)
-    per_model = {model.name: model.diagnose_gray(batch, batch_size) for model in models}
+    # the lungs come from one model's own pass where a model can give them, else from the segmenter
+    giver = next((m for m in models if m.gives_lungs), None) if lungs is not None else None
+    per_model = {m.name: m.diagnose_gray(batch, batch_size, lungs=m is giver) for m in models}
     masks = [None] * len(batch)
-    if lungs is not None:  # from a model's own pass where one gives them, else the segmenter's
-        shared = next((per_model[m.name] for m in models if m.gives_lungs), None)
-        masks = [d.lungs for d in shared] if shared else lungs.masks(batch)
+    if lungs is not None:
+        masks = [d.lungs for d in per_model[giver.name]] if giver else lungs.masks(batch)
         if guard is not None:
             checks = [replace(c, lungs_note=implausible_lungs(m)) for c, m in zip(checks, masks, strict=True)]
     return [ImageReading(check, {name: found[i] for name, found in per_model.items()}, masks[i])

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from core import LABELS
 from core.data import Sample, find_data_dir
 from core.errors import DatasetNotFoundError
 
@@ -45,7 +46,6 @@ EVIDENCE_OUTSIDE_WARNING = (
 )
 
 MASKS_ENV = "PNEUMONIA_MASKS_DIR"
-LABEL_DIRS = ("NORMAL", "PNEUMONIA")
 
 
 def find_mask_dir(mask_dir: str | os.PathLike | None = None, required: bool = True) -> Path | None:
@@ -76,7 +76,7 @@ def find_mask_dir(mask_dir: str | os.PathLike | None = None, required: bool = Tr
 
 def mask_path(mask_dir: Path, split: str, sample: Sample) -> Path:
     """Where the mask of a dataset image would be (it may be missing: a few images have none)."""
-    return Path(mask_dir) / split / LABEL_DIRS[sample.label] / f"{sample.path.stem}.png"
+    return Path(mask_dir) / split / LABELS[sample.label] / f"{sample.path.stem}.png"
 
 
 def load_masks(samples: list[Sample], split: str, mask_dir: Path) -> tuple[np.ndarray, np.ndarray]:

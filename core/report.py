@@ -70,26 +70,6 @@ def _with_ci(value: float, ci: dict, key: str) -> str:
     return f"{value:.3f}" + (f" ({interval_text(ci[key])})" if key in ci else "")
 
 
-# block name -> (the file it sits in, relative to the repository, and how to make it)
-def _from_json(path_of, make, command: str):
-    """A block made from a JSON file, or a line saying how to make that file when it is missing."""
-    def block() -> str:
-        path = path_of()
-        return make(json.loads(path.read_text())) if path.exists() else f"Not measured yet: run `{command}`."
-    return block
-
-
-BLOCKS = {
-    "results": ("README.md", results_table),
-    "speed": ("docs/speed.md", _from_json(benchmark_file, speed_table, "python -m core.bench")),
-    "ood": ("docs/security.md", _from_json(lambda: guard_files().report, guard_table, "python -m core.ood --report")),
-    "invariance": ("docs/lungs.md", _from_json(invariance_file, invariance_table,
-                                                "python -m core.evaluate --invariance")),
-    "lungs": ("docs/lungs.md", _from_json(lambda: lungs_files().report, lambda r: lungs_table(r),
-                                          "python -m core.evaluate --lungs")),
-}
-
-
 def lungs_table(report: dict) -> str:
     """The lung segmenter's test Dice and its invariance (``models/lungs/metrics.json``) as Markdown."""
     t = report["test"]
@@ -100,6 +80,27 @@ def lungs_table(report: dict) -> str:
     lines += [f"| {v} | {x['dice_to_copy_mean']:.3f} | {x['dice_to_truth_mean']:.3f} |"
               for v, x in report["invariance"].items()]
     return "\n".join(lines)
+
+
+def _from_json(path_of, make, command: str):
+    """A block made from a JSON file, or a line saying how to make that file when it is missing."""
+    def block() -> str:
+        path = path_of()
+        return make(json.loads(path.read_text())) if path.exists() else f"Not measured yet: run `{command}`."
+    return block
+
+
+# block name -> (the file it sits in, relative to the repository, and how to make it)
+BLOCKS = {
+    "results": ("README.md", results_table),
+    "speed": ("docs/speed.md", _from_json(benchmark_file, speed_table, "python -m core.bench")),
+    "ood": ("docs/security.md", _from_json(lambda: guard_files().report, guard_table, "python -m core.ood --report")),
+    "invariance": ("docs/lungs.md", _from_json(invariance_file, invariance_table,
+                                                "python -m core.evaluate --invariance")),
+    "lungs": ("docs/lungs.md", _from_json(lambda: lungs_files().report, lungs_table,
+                                          "python -m core.evaluate --lungs")),
+}
+
 
 
 def _markers(name: str) -> tuple[str, str]:

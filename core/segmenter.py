@@ -27,7 +27,7 @@ from keras import layers
 from PIL import Image
 
 from core.augment import encoding_path
-from core.backbones import efficientnet_lite0
+from core.backbones import assign_named, efficientnet_lite0, named_weights
 from core.checkpoints import Resumable, load_state, restore_counters, save_state
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.lungs import dice, find_mask_dir, load_masks
@@ -87,18 +87,9 @@ def build_segmenter(decoder: keras.Model, taps: keras.Model | None = None) -> ke
     return keras.Model(image, decoder([*taps(image), image]), name="lung_segmenter")
 
 
-def _decoder_weights(decoder: keras.Model) -> dict[str, np.ndarray]:
-    return {f"{layer.name}/{v.name}": np.asarray(v) for layer in decoder.layers for v in layer.weights}
-
-
 def _load_decoder(arrays: dict[str, np.ndarray]) -> keras.Model:
     decoder = build_decoder()
-    expected = {f"{layer.name}/{v.name}" for layer in decoder.layers for v in layer.weights}
-    if set(arrays) != expected:
-        raise ValueError(f"Decoder weights do not fit this decoder: {sorted(set(arrays) ^ expected)[:5]}")
-    for layer in decoder.layers:
-        for v in layer.weights:
-            v.assign(arrays[f"{layer.name}/{v.name}"])
+    assign_named(decoder, arrays, "Lung decoder weights")
     return decoder
 
 
@@ -273,7 +264,7 @@ def train_segmenter(data_dir=None, mask_dir=None, root: Path | None = None, view
     val_dice = dice(_predict(decoder, val_view) >= THRESHOLD, m_va)
     files = lungs_files(root)
     files.folder.mkdir(parents=True, exist_ok=True)
-    np.savez(files.weights, **_decoder_weights(decoder))
+    np.savez(files.weights, **named_weights(decoder))
     card = {
         "name": "lungs",
         "kind": "lung segmenter",

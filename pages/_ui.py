@@ -88,13 +88,19 @@ def content_key(name: str, data: bytes | np.ndarray) -> str:
     return f"{name}\0{hashlib.sha256(raw).hexdigest()}"
 
 
+def _slot(slot: str, keys) -> dict:
+    """This session's memory under ``slot``, with entries for keys no longer given forgotten."""
+    held = st.session_state.setdefault(slot, {})
+    for stale in set(held) - set(keys):
+        del held[stale]
+    return held
+
+
 def read_uploads(slot: str, files: dict[str, bytes], max_bytes: int | None = None,
                  progress=None) -> dict[str, Upload | str]:
     """Each file (key -> bytes) read once while it stays in ``slot``: an :class:`Upload`, or the
     message saying why it cannot be used. Session memory only, never disk."""
-    held = st.session_state.setdefault(slot, {})
-    for stale in set(held) - set(files):
-        del held[stale]
+    held = _slot(slot, files)
     todo = [k for k in files if k not in held]
     for i, key in enumerate(todo):
         try:
@@ -114,9 +120,7 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
     scoring again; images no longer given are forgotten. What is missing is scored in one
     :func:`core.inference.score` call per set of missing pieces.
     """
-    held = st.session_state.setdefault(slot, {})
-    for stale in set(held) - set(images):
-        del held[stale]
+    held = _slot(slot, images)
     groups: dict[tuple[bool, tuple[str, ...]], list[str]] = {}
     for key in images:
         entry = held.setdefault(key, {"scores": {}})

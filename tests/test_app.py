@@ -70,9 +70,9 @@ def test_diagnose_scores_each_file_once_per_session(shipped_models, samples_dir,
     scored = []
     original = LoadedModel.diagnose_gray
 
-    def counting(self, gray, batch_size=32):
+    def counting(self, gray, batch_size=32, lungs=False):
         scored.append((self.name, len(gray)))
-        return original(self, gray, batch_size)
+        return original(self, gray, batch_size, lungs)
 
     monkeypatch.setattr(LoadedModel, "diagnose_gray", counting)
     at = _app()
@@ -168,10 +168,10 @@ def test_compare_scores_its_images_once_while_they_stay(shipped_models, data_dir
     scored = []
     original = LoadedModel.diagnose_gray
 
-    def counting(self, gray, batch_size=32):
+    def counting(self, gray, batch_size=32, lungs=False):
         if gray.min() != gray.max():  # not the flat image the "ms per image" column times
             scored.append(self.name)
-        return original(self, gray, batch_size)
+        return original(self, gray, batch_size, lungs)
 
     monkeypatch.setattr(LoadedModel, "diagnose_gray", counting)
     n = len(shipped_models)

@@ -149,7 +149,7 @@ def test_a_lite0_model_finds_the_same_lungs_in_its_own_pass(segmenter, shipped_m
     for name in shipped_models:
         model, plain = inference.load_model(name, lungs=segmenter), inference.load_model(name)
         assert model.gives_lungs == (model.spec.equalize and name != "baseline"), name
-        found = model.diagnose_gray(gray)
+        found = model.diagnose_gray(gray, lungs=True)
         if model.gives_lungs:
             assert np.array_equal(np.stack([d.lungs for d in found]), alone), name
         assert [d.probability for d in found] == pytest.approx([d.probability for d in plain.diagnose_gray(gray)])
