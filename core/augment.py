@@ -9,11 +9,14 @@ same answer whatever the encoding. Nothing of this runs at serving.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["encoding_path"]
+from core.preprocessing import decode_upload, squash
+
+__all__ = ["encoding_path", "VARIANTS", "encode_variant", "served_variant"]
 
 _RESAMPLERS = (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS)
 
@@ -38,3 +41,39 @@ def encoding_path(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         Image.fromarray(arr).save(buf, format="JPEG", quality=int(rng.integers(30, 96)))
         arr = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("L"))
     return arr
+
+
+def _jpeg(gray: np.ndarray, quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(gray).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _up4(gray: np.ndarray) -> Image.Image:
+    h, w = gray.shape
+    return Image.fromarray(gray).resize((4 * w, 4 * h), Image.BICUBIC)
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+VARIANTS: dict[str, Callable[[np.ndarray], bytes]] = {
+    "jpeg_q50": lambda g: _jpeg(g, 50),
+    "jpeg_q95": lambda g: _jpeg(g, 95),
+    "up4_png": lambda g: _png(_up4(g)),
+    "up4_jpeg_q90": lambda g: _jpeg(np.asarray(_up4(g)), 90),
+}
+"""How each variant's file is made from a 224 x 224 grayscale copy."""
+
+
+def encode_variant(gray: np.ndarray, variant: str) -> bytes:
+    """The file bytes of ``variant`` of a 224 x 224 uint8 image (in memory)."""
+    return VARIANTS[variant](np.asarray(gray, np.uint8))
+
+
+def served_variant(gray: np.ndarray, variant: str) -> np.ndarray:
+    """``variant`` of a 224 x 224 uint8 image as the dashboard would read it (decoded and squashed back)."""
+    return squash(decode_upload(encode_variant(gray, variant), variant)[0])

@@ -1,11 +1,12 @@
-"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--lungs] [--data-dir D]``
+"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--lungs] [--models-dir DIR] [--data-dir D]``
 
 Scores the official test set: writes ``models/<name>/test_predictions.csv`` (filename, label,
 probability) and ``metrics.json``, which holds, where the lung masks are present, how the model's
 Grad-CAM maps lie against the true lungs (``explanation``). ``--explanations`` measures only that and
 adds it to ``metrics.json``, leaving the predictions as they are. ``--invariance`` measures how every
 model's answer moves with the file's encoding and resolution (``models/invariance.json``, see
-:mod:`core.invariance`). ``--lungs`` measures the lung segmenter's Dice on the test masks
+:mod:`core.invariance`; with ``--split val``, on the validation split: ``invariance-val.json``, the rule for
+candidates). ``--models-dir DIR`` reads candidates written by ``python -m core.train --out DIR``. ``--lungs`` measures the lung segmenter's Dice on the test masks
 (``models/lungs/metrics.json``). Nothing here is tuned: thresholds come from the model cards, chosen on
 validation data.
 """
@@ -23,14 +24,23 @@ import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core import LABELS
+from core.augment import VARIANTS, encode_variant
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import full_report, interval_text, metrics_at
 from core.gradcam import border_share, central_share
 from core.inference import load_model, read_upload, score
-from core.invariance import VARIANTS, encode_variant, invariance_table, measure
+from core.invariance import invariance_table, measure
 from core.lungs import dice, explanation_quality, find_mask_dir, implausible_lungs, load_masks
 from core.ood import OODCheck
-from core.registry import available_models, invariance_file, load_metrics, lungs_files, model_files, models_dir
+from core.registry import (
+    available_models,
+    guard_files,
+    invariance_file,
+    load_metrics,
+    lungs_files,
+    model_files,
+    models_dir,
+)
 from core.segmenter import LungSegmenter
 
 __all__ = ["evaluate_model", "explanation_summary", "add_explanations", "evaluate_lungs", "validation_summary", "summary_line",
@@ -75,13 +85,14 @@ def _diagnoses(model, gray: np.ndarray) -> list:
     return [reading.diagnoses[model.name] for reading in score(gray, [model])]
 
 
-def explanation_summary(samples, diagnoses, mask_dir=None) -> dict | None:
+def explanation_summary(samples, diagnoses, mask_dir=None, split: str = "test") -> dict | None:
     """How the maps the app shows (explaining P(pneumonia), 224 x 224) lie against the true lung masks of
-    the test images (:func:`core.lungs.explanation_quality`); ``None`` when the masks are not here."""
+    the images (from the official ``split``: validation images are in ``train``;
+    :func:`core.lungs.explanation_quality`); ``None`` when the masks are not here."""
     found = find_mask_dir(mask_dir, required=False)
     if found is None:
         return None
-    masks, present = load_masks(samples, "test", found)
+    masks, present = load_masks(samples, split, found)
     heats = np.stack([d.heatmap((224, 224), "PNEUMONIA") for d in diagnoses])
     return explanation_quality(heats, masks, present)
 
@@ -143,7 +154,8 @@ def _gradcam_summary(diagnoses, threshold: float) -> dict:
 
 
 def validation_summary(name: str, data_dir=None, root: Path | None = None) -> dict:
-    """Metrics on the model's own validation split (as recorded in its card); writes nothing."""
+    """Metrics and explanation quality (where the lung masks are here) on the model's own validation split
+    (as recorded in its card); writes nothing."""
     model = load_model(name, root)
     cfg = model.card.config
     _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
@@ -152,7 +164,8 @@ def validation_summary(name: str, data_dir=None, root: Path | None = None) -> di
     return {"model": name, "split": "validation", "roc_auc": float(roc_auc_score(labels, probs)),
             "pr_auc": float(average_precision_score(labels, probs)),
             "at_card_threshold": metrics_at(labels, probs, model.threshold),
-            "gradcam": _gradcam_summary(diagnoses, model.threshold)}
+            "gradcam": _gradcam_summary(diagnoses, model.threshold),
+            "explanation": explanation_summary(val, diagnoses, split="train")}
 
 
 def main(argv=None) -> int:
@@ -166,10 +179,14 @@ def main(argv=None) -> int:
                         help="measure the lung segmenter on the test masks (writes models/lungs/metrics.json)")
     parser.add_argument("--invariance", action="store_true",
                         help="measure how answers move with encoding and resolution (writes models/invariance.json)")
+    parser.add_argument("--models-dir", type=Path, metavar="DIR",
+                        help="read the models (and their guard and segmenter) from DIR instead of models/, e.g. a "
+                             "candidate written by 'python -m core.train --out DIR'")
     parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    names = available_models()
+    root = args.models_dir
+    names = available_models(root)
     if args.model != "all" and args.model not in names:
         print(f"Unknown model '{args.model}'. Available: {', '.join(names)}", file=sys.stderr)
         return 2
@@ -181,28 +198,43 @@ def main(argv=None) -> int:
               + ", ".join(f"{v} {x['dice_to_copy_mean']:.4f}" for v, x in r["invariance"].items()))
         return 0
     if args.invariance:
-        try:
-            guard = OODCheck()
-        except FileNotFoundError:
-            guard = None
-        try:
-            lungs = LungSegmenter()
-        except FileNotFoundError:
-            lungs = None
-        result = measure([load_model(n, lungs=lungs) for n in chosen], guard, find_data_dir(args.data_dir),
-                         lungs=lungs)
-        invariance_file().write_text(json.dumps(result, indent=1) + "\n")
-        print(invariance_table(result))
-        return 0
+        return _invariance(chosen, root, args.split, find_data_dir(args.data_dir))
     if args.explanations:
         for name in chosen:
             print(explanation_line(name, add_explanations(name, args.data_dir)["explanation"]))
         return 0
     for name in chosen:
-        r = evaluate_model(name, args.data_dir) if args.split == "test" else validation_summary(name, args.data_dir)
+        r = (evaluate_model(name, args.data_dir, root) if args.split == "test"
+             else validation_summary(name, args.data_dir, root))
         print(summary_line(name, args.split, r))
         if r.get("explanation"):
             print(explanation_line(name, r["explanation"]))
+    return 0
+
+
+def _invariance(chosen: list[str], root: Path | None, split: str, data_dir: Path) -> int:
+    """``--invariance``: on the test set (writes ``invariance.json``) or on the models' common validation split
+    (writes ``invariance-val.json``, the candidates' rule)."""
+    # a candidate folder without its own guard or segmenter uses the shipped one
+    guard_root = root if guard_files(root).weights.exists() else None
+    guard = OODCheck(guard_root) if guard_files(guard_root).weights.exists() else None
+    lungs_root = root if lungs_files(root).weights.exists() else None
+    lungs = LungSegmenter(lungs_root) if lungs_files(lungs_root).weights.exists() else None
+    models = [load_model(n, root, lungs=lungs) for n in chosen]
+    samples, out = None, invariance_file(root)
+    if split == "val":
+        splits = {(m.card.config["val_fraction"], m.card.config["seed"]) for m in models}
+        if len(splits) != 1:
+            print(f"The models were validated on different splits ({sorted(splits)}); measure them one at a time.",
+                  file=sys.stderr)
+            return 2
+        (fraction, seed), = splits
+        _, samples = split_train_val(list_split(data_dir, "train"), fraction, seed)
+        out = out.with_name("invariance-val.json")
+    result = measure(models, guard, data_dir, lungs=lungs, samples=samples)
+    result["split"] = "official test" if split == "test" else "validation"
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(invariance_table(result))
     return 0
 
 

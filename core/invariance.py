@@ -15,53 +15,21 @@ the share of test X-rays it withholds. Nothing is written to disk but the result
 
 from __future__ import annotations
 
-import io
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from core.augment import VARIANTS, encode_variant
 from core.data import Sample, list_split
 from core.inference import LoadedModel, read_upload, score
 from core.ood import OODCheck
 from core.segmenter import LungSegmenter
 
-__all__ = ["VARIANTS", "BARS", "encode_variant", "compare", "measure", "invariance_table"]
+__all__ = ["BARS", "compare", "measure", "invariance_table"]
 
-
-def _jpeg(gray: np.ndarray, quality: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(gray).save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _up4(gray: np.ndarray) -> Image.Image:
-    h, w = gray.shape
-    return Image.fromarray(gray).resize((4 * w, 4 * h), Image.BICUBIC)
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-VARIANTS: dict[str, Callable[[np.ndarray], bytes]] = {
-    "jpeg_q50": lambda g: _jpeg(g, 50),
-    "jpeg_q95": lambda g: _jpeg(g, 95),
-    "up4_png": lambda g: _png(_up4(g)),
-    "up4_jpeg_q90": lambda g: _jpeg(np.asarray(_up4(g)), 90),
-}
-"""How each variant's file is made from a 224 x 224 grayscale copy."""
 
 BARS = {"mean_abs_dp": 0.02, "label_agreement": 0.99}
 """The invariance bar for every model and variant (and the guard withholds no more than on the copies)."""
-
-
-def encode_variant(gray: np.ndarray, variant: str) -> bytes:
-    """The file bytes of ``variant`` of a 224 x 224 uint8 image (in memory)."""
-    return VARIANTS[variant](np.asarray(gray, np.uint8))
 
 
 def compare(reference: list, other: list, models: list[str]) -> dict:
@@ -91,11 +59,13 @@ def _copies_of(originals: list[Path], data_dir: Path) -> list[tuple[Path, Sample
 
 
 def measure(models: list[LoadedModel], guard: OODCheck | None, data_dir: Path, batch: int = 64,
-            variants=tuple(VARIANTS), lungs: LungSegmenter | None = None) -> dict:
+            variants=tuple(VARIANTS), lungs: LungSegmenter | None = None, samples: list[Sample] | None = None) -> dict:
     """The invariance of every model (and the guard, with the lung check when ``lungs`` is given) over the
-    official test set and the full-resolution samples."""
+    official test set and the full-resolution samples; or, given ``samples`` (e.g. a validation split, for
+    choosing between candidates), over those images only."""
     names = [m.name for m in models]
-    samples = list_split(data_dir, "test")
+    split = "test" if samples is None else "given"
+    samples = list_split(data_dir, "test") if samples is None else samples
     copies = [read_upload(s.path.read_bytes(), s.name).gray for s in samples]
     reference = []
     for i in range(0, len(copies), batch):
@@ -107,6 +77,8 @@ def measure(models: list[LoadedModel], guard: OODCheck | None, data_dir: Path, b
             grays = [read_upload(encode_variant(g, variant), variant).gray for g in copies[i : i + batch]]
             readings += score(grays, models, guard, lungs)
         result["variants"][variant] = {"models": compare(reference, readings, names), "withheld": _withheld(readings)}
+    if split != "test":
+        return result
     folder = data_dir.parent / "samples_fullres"
     pairs = _copies_of(sorted(folder.glob("*.jp*g")) + sorted(folder.glob("*.png")), data_dir) if folder.is_dir() else []
     if pairs:

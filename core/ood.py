@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from core.augment import VARIANTS, encoding_path, served_variant
 from core.backbones import efficientnet_lite0
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.preprocessing import InputSpec, to_model_input
@@ -164,17 +165,33 @@ def load_guard(root: Path | None = None) -> OODGuard | None:
         return OODGuard(f["mean"], f["components"], f["variances"], float(f["residual_scale"]), float(f["cutoff"]))
 
 
-def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None) -> OODGuard:
-    """Fit the guard on the training split (validation held out by patient as the models') and ship it."""
+def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encoding_views: int = 0) -> OODGuard:
+    """Fit the guard on the training split (validation held out by patient as the models') and ship it.
+
+    With ``encoding_views``, it is fitted on each training image and that many re-encoded views of it
+    (:func:`core.augment.encoding_path`), and its cut-off passes 99.5 % of the validation images together
+    with their four served variants (:data:`core.augment.VARIANTS`), so that an X-ray's encoding does
+    not decide whether it is withheld.
+    """
     train, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
     extract = feature_extractor()
-    guard = fit_guard(extract(load_images(train)), extract(load_images(val)))
+    x_tr, x_va = load_images(train), load_images(val)
+    rng = np.random.default_rng(seed)
+    train_views = [x_tr] + [np.stack([encoding_path(g, rng) for g in x_tr]) for _ in range(encoding_views)]
+    val_views = [x_va] + ([np.stack([served_variant(g, v) for g in x_va]) for v in VARIANTS] if encoding_views else [])
+    guard = fit_guard(np.concatenate([extract(x) for x in train_views]), np.concatenate([extract(x) for x in val_views]))
     card = {
         "name": "ood",
         "kind": "out-of-distribution guard",
         "method": "PCA (64 components) Mahalanobis distance + scaled residual on pooled ImageNet "
-                  "EfficientNet-Lite0 features, fitted on the training split",
-        "cutoff_rule": "99.5th percentile of validation-split scores (99.5 % of validation X-rays pass)",
+                  "EfficientNet-Lite0 features, fitted on the training split"
+                  + (f" (each image and {encoding_views} re-encoded views of it, core.augment.encoding_path)"
+                     if encoding_views else ""),
+        "cutoff_rule": "99.5th percentile of validation-split scores (99.5 % of validation X-rays pass)"
+                       if not encoding_views else
+                       "99.5th percentile of the scores of the validation images and their four served variants "
+                       f"({', '.join(VARIANTS)})",
+        "encoding_views": encoding_views,
         "cutoff": guard.cutoff,
         "preprocessing": InputSpec().to_dict(),
         "seed": seed,
@@ -187,7 +204,7 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None) -> OOD
 
 
 def main(argv=None) -> int:
-    """``python -m core.ood [--data-dir D] [--report]``: fit the guard on the training split and
+    """``python -m core.ood [--data-dir D] [--report] [--encoding-views N] [--out DIR]``: fit the guard on the training split and
     save it; with ``--report``, measure it instead (writes ``models/ood/report.json``)."""
     import argparse
 
@@ -197,6 +214,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--report", action="store_true", help="measure the shipped guard instead of fitting it")
+    parser.add_argument("--encoding-views", type=int, default=0, metavar="N",
+                        help="fit on each training image and N re-encoded views of it; the cut-off then covers the "
+                             "validation images' served variants too (recipe v7: 3)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="write the guard under DIR/ood instead of models/ood")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.report:
@@ -204,7 +225,7 @@ def main(argv=None) -> int:
         guard_files().report.write_text(json.dumps(result, indent=1) + "\n")
         print(summary(result))
         return 0
-    fit_and_save(args.data_dir, args.seed, models_dir())
+    fit_and_save(args.data_dir, args.seed, args.out or models_dir(), args.encoding_views)
     return 0
 
 

@@ -1,9 +1,10 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--out DIR] [--data-dir D]``."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from core.config import RECIPES, get_recipe
 from core.training import train
@@ -47,14 +48,19 @@ def main(argv=None) -> int:
     parser.add_argument("--wise-ft-alpha", type=_alpha, metavar="A",
                         help="ship (1 - A) x the stage-1 weights + A x the fine-tuned weights (WiSE-FT); "
                              "1 ships the fine-tuned weights (default: the recipe's)")
+    parser.add_argument("--encoding-augment", action="store_true", default=None,
+                        help="re-encode training images as other files would bring them (core.augment; recipe v7)")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write the model folder under DIR instead of models/ (a candidate); a two-stage recipe "
+                             "then starts from DIR's stage-1 model")
     parser.add_argument("--data-dir", help="dataset folder (default: $PNEUMONIA_DATA_DIR or ../shared/data/chest_xray)")
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     recipe = get_recipe(args.recipe).with_overrides(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
-        wise_ft_alpha=args.wise_ft_alpha)
-    folder = train(recipe, args.data_dir, fresh=args.fresh)
+        wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment)
+    folder = train(recipe, args.data_dir, out_root=args.out, fresh=args.fresh)
     print(f"Model written to {folder}")
     return 0
 

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
+from core.augment import VARIANTS, encode_variant
 from core.errors import DatasetNotFoundError
-from core.invariance import VARIANTS, compare, encode_variant, invariance_table, measure
+from core.invariance import compare, invariance_table, measure
 from core.lungs import dice, explanation_quality, find_mask_dir, lung_energy, pointing_hit, template_index
 from tests.helpers import encode, xray_like
 

@@ -127,9 +127,9 @@ def test_an_image_without_lungs_is_flagged_by_the_guard(segmenter, shipped_model
 
 
 def test_the_segmenter_finds_the_same_lungs_in_another_encoding(segmenter, data_dir):
+    from core.augment import VARIANTS, encode_variant
     from core.data import list_split, load_images
     from core.inference import read_upload
-    from core.invariance import VARIANTS, encode_variant
     from core.lungs import dice
 
     gray = load_images(list_split(data_dir, "test")[::60])

@@ -117,7 +117,7 @@ def test_metrics_record_where_the_maps_lie_against_the_true_lungs(shipped_models
 
 
 def test_the_invariance_measurement_covers_every_model_and_variant(shipped_models):
-    from core.invariance import VARIANTS
+    from core.augment import VARIANTS
     from core.registry import invariance_file
 
     result = json.loads(invariance_file().read_text())
