@@ -30,6 +30,9 @@ class Recipe:
     central_erasing: float = 0.0  # probability of blanking the central third (mediastinum)
     encoding_augment: bool = False  # re-encode training images as other files would bring them (core.augment)
     equalize: bool = False  # histogram-equalise each image before normalisation (train and serve)
+    # > 0: the model sees only the lungs dilated by this many pixels (train: human masks, serve: the segmenter's)
+    lung_margin: int = 0
+    lung_margin_jitter: int = 0  # training draws each image's margin from lung_margin ± this
     augment: bool = True
     # fine-tuning depth: the study trained the top 50 of ResNet50's 175 layers (29 %);
     # the same share of Lite0's 141 layers is 41.
@@ -120,6 +123,29 @@ RECIPES: dict[str, Recipe] = {
         ],
     ),
 }
+
+LUNG_FOCUS_NOTE = (
+    "The model sees only the lungs: after equalisation every pixel farther than 7 pixels outside the lung mask "
+    "is set to 0 (card preprocessing 'lung_margin'). Training uses the human masks of the training images "
+    "with the margin drawn from 3-11 pixels per image, so that the model does not depend on their exact "
+    "outline; serving uses the shipped lung segmenter's mask of the same image. Images without a human mask "
+    "are left out of training and validation."
+)
+ENCODING_NOTE = ("Every training image is re-encoded at random as other files would bring it (resampling, blur, "
+                 "noise, JPEG; core.augment.encoding_path), so that the answer does not depend on the file's encoding.")
+
+RECIPES["lungfocus_head"] = replace(
+    RECIPES["transfer"], name="lungfocus_head", encoding_augment=True, lung_margin=7, lung_margin_jitter=4,
+    notes=["Stage 1 of 'lungfocus' (not shipped on its own): the 'transfer' recipe on lung-only input, the head "
+           "trained on the pooled features of each image and three re-encoded views of it.",
+           LUNG_FOCUS_NOTE, EQUALIZE_NOTE])
+RECIPES["lungfocus"] = replace(
+    RECIPES["finetuned"], name="lungfocus", init_from="lungfocus_head", encoding_augment=True, lung_margin=7,
+    lung_margin_jitter=4,
+    notes=[RECIPES["finetuned"].notes[0].replace("'transfer' model", "'lungfocus_head' model"),
+           *RECIPES["finetuned"].notes[1:-1],
+           "Shipped weights: the average of the four stage-2 runs (seeds 42-45), mixed half and half with the "
+           "'lungfocus_head' weights they started from (WiSE-FT).", LUNG_FOCUS_NOTE, ENCODING_NOTE])
 
 
 def get_recipe(name: str) -> Recipe:

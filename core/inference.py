@@ -26,7 +26,7 @@ from core.gradcam import GradCam, class_map, normalise, upsample
 from core.lungs import implausible_lungs, lung_energy
 from core.ood import OODCheck, OODResult
 from core.preprocessing import decode_upload, squash, to_model_input
-from core.registry import load_card, load_keras_model
+from core.registry import load_card, load_keras_model, lungs_files
 from core.segmenter import TAPS, LungSegmenter
 from core.segmenter import THRESHOLD as LUNG_THRESHOLD
 
@@ -79,20 +79,31 @@ class LoadedModel:
         self.spec = self.card.spec
         self.threshold = float(self.card.threshold)
         self.keras_model = load_keras_model(name, root)
-        head = lungs.head_for(self.keras_model, self.spec) if lungs is not None else None
+        # a lung-focused model sees only the lungs: it needs their mask before its own pass
+        self.needs_lungs = bool(self.spec.lung_margin)
+        if self.needs_lungs and lungs is None:
+            lungs = LungSegmenter(root) if lungs_files(root).weights.exists() else LungSegmenter()
+        self.segmenter = lungs if self.needs_lungs else None
+        head = lungs.head_for(self.keras_model, self.spec) if lungs is not None and not self.needs_lungs else None
         self.gives_lungs = head is not None
         self.explainer = GradCam(self.keras_model, self.card.gradcam_layer, head, TAPS if head is not None else ())
         self.explainer.warm_up()
 
-    def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32, lungs: bool = False) -> list[Diagnosis]:
+    def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32, lungs: bool = False,
+                      masks: np.ndarray | None = None) -> list[Diagnosis]:
         """Diagnose uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)``, in batches; with ``lungs`` (and
-        ``gives_lungs``) each diagnosis also carries the lungs found in the same call."""
+        ``gives_lungs``) each diagnosis also carries the lungs found in the same call. A model that
+        ``needs_lungs`` takes their masks (``(N, 224, 224)`` booleans), or finds them with its segmenter."""
         gray = np.asarray(gray)
         batch = gray[None] if gray.ndim == 2 else gray
+        if self.needs_lungs and masks is None:
+            masks = self.segmenter.masks(batch)
         run = self.explainer.with_head if lungs and self.gives_lungs else self.explainer
         out: list[Diagnosis] = []
         for start in range(0, len(batch), batch_size):
-            probs, signed, *found = run(to_model_input(batch[start : start + batch_size], self.spec))
+            part = slice(start, start + batch_size)
+            x = to_model_input(batch[part], self.spec, None if masks is None else np.asarray(masks)[part])
+            probs, signed, *found = run(x)
             masks = found[0] >= LUNG_THRESHOLD if found and found[0] is not None else [None] * len(probs)
             out += [Diagnosis(self.name, float(p), self.threshold, s, m) for p, s, m in zip(probs, signed, masks,
                                                                                             strict=True)]
@@ -194,11 +205,14 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
     checks = guard(batch) if guard is not None else [None] * len(batch)
     # the lungs come from one model's own pass where a model can give them, else from the segmenter
     giver = next((m for m in models if m.gives_lungs), None) if lungs is not None else None
-    per_model = {m.name: m.diagnose_gray(batch, batch_size, lungs=m is giver) for m in models}
-    masks = [None] * len(batch)
+    done = {giver.name: giver.diagnose_gray(batch, batch_size, lungs=True)} if giver else {}
+    masks = None
     if lungs is not None:
-        masks = [d.lungs for d in per_model[giver.name]] if giver else lungs.masks(batch)
+        masks = np.stack([d.lungs for d in done[giver.name]]) if giver else lungs.masks(batch)
         if guard is not None:
             checks = [replace(c, lungs_note=implausible_lungs(m)) for c, m in zip(checks, masks, strict=True)]
-    return [ImageReading(check, {name: found[i] for name, found in per_model.items()}, masks[i])
-            for i, check in enumerate(checks)]
+    # a lung-focused model takes the lungs found above (or finds them itself)
+    per_model = {m.name: done[m.name] if m.name in done else
+                 m.diagnose_gray(batch, batch_size, masks=masks if m.needs_lungs else None) for m in models}
+    return [ImageReading(check, {name: found[i] for name, found in per_model.items()},
+                         None if masks is None else masks[i]) for i, check in enumerate(checks)]

@@ -104,11 +104,14 @@ def set_trainable_top(model: keras.Model, n: int) -> list[str]:
     return [layer.name for layer in top]
 
 
-def input_spec_for(kind: str, backbone: str | None, input_size=(224, 224), equalize: bool = False) -> InputSpec:
+def input_spec_for(kind: str, backbone: str | None, input_size=(224, 224), equalize: bool = False,
+                   lung_margin: int = 0) -> InputSpec:
     """The preprocessing a model of this kind and backbone expects."""
     if kind == "baseline":
-        return InputSpec(size=tuple(input_size), channels=1, mean=0.0, std=255.0, equalize=equalize)
-    return InputSpec(size=tuple(input_size), equalize=equalize, **BACKBONES[backbone]["preprocessing"])
+        return InputSpec(size=tuple(input_size), channels=1, mean=0.0, std=255.0, equalize=equalize,
+                         lung_margin=lung_margin)
+    return InputSpec(size=tuple(input_size), equalize=equalize, lung_margin=lung_margin,
+                     **BACKBONES[backbone]["preprocessing"])
 
 
 def build_model(kind: str, backbone: str | None = "efficientnet_lite0", input_size=(224, 224),

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
 
 from core.dicom import is_dicom, read_dicom
 from core.errors import ImageDecodeError
@@ -29,6 +30,7 @@ __all__ = [
     "equalize",
     "model_view",
     "to_model_input",
+    "keep_lungs",
     "preprocess",
     "DATASET_SIZE",
     "MAX_PIXELS",
@@ -59,6 +61,9 @@ class InputSpec:
     colour: str = "grayscale repeated to every channel"
     equalize: bool = False
     notes: list[str] = field(default_factory=list)
+    # > 0: the model sees only the lungs: pixels farther than this many pixels outside the lung mask are
+    # set to 0 after equalisation (a lung-focused model; serving takes the mask from the lung segmenter)
+    lung_margin: int = 0
 
     @classmethod
     def from_card(cls, card) -> InputSpec:
@@ -72,6 +77,8 @@ class InputSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if not self.lung_margin:
+            del d["lung_margin"]  # cards written before it existed stay as they are
         d["size"] = list(self.size)
         for key in ("mean", "std"):
             if isinstance(d[key], tuple):
@@ -223,12 +230,38 @@ def model_view(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
     return equalize(gray) if spec.equalize else gray
 
 
-def to_model_input(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
+def keep_lungs(view: np.ndarray, lungs: np.ndarray, margin) -> np.ndarray:
+    """Image(s) ``(H, W)`` or ``(N, H, W)`` with every pixel farther than ``margin`` pixels (Euclidean; one
+    number, or one per image) outside the boolean lung mask(s) set to 0; a new array."""
+    view, lungs = np.asarray(view), np.asarray(lungs, bool)
+    if view.ndim == 2:
+        return keep_lungs(view[None], lungs[None], margin)[0]
+    if lungs.shape != view.shape:
+        raise ValueError(f"{len(lungs)} lung mask(s) of shape {lungs.shape[1:]} for {len(view)} image(s) of shape "
+                         f"{view.shape[1:]}")
+    margins = np.broadcast_to(np.asarray(margin, np.float64), (len(view),))
+    out = view.copy()
+    for img, mask, m in zip(out, lungs, margins, strict=True):
+        # distance of every pixel to the nearest lung pixel (all pixels are "outside" an empty mask)
+        far = ndimage.distance_transform_edt(~mask) > m if mask.any() else np.ones(mask.shape, bool)
+        img[far] = 0
+    return out
+
+
+def to_model_input(gray: np.ndarray, spec: InputSpec, lungs: np.ndarray | None = None, margin=None) -> np.ndarray:
     """Normalise uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` for a model.
+
+    A lung-focused spec (``lung_margin`` > 0) needs the lung mask of each image, ``lungs``; ``margin``
+    overrides the spec's margin (training draws one per image).
 
     Returns float32 ``(..., H, W, C)``; the input array is not modified.
     """
-    x = np.repeat(model_view(gray, spec).astype(np.float32)[..., None], spec.channels, axis=-1)
+    view = model_view(gray, spec)
+    if spec.lung_margin:
+        if lungs is None:
+            raise ValueError("This model looks only at the lungs: it needs each image's lung mask.")
+        view = keep_lungs(view, lungs, spec.lung_margin if margin is None else margin)
+    x = np.repeat(view.astype(np.float32)[..., None], spec.channels, axis=-1)
     return (x - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
 
 

@@ -29,6 +29,7 @@ from core.checkpoints import Resumable, check_same_run, load_state, restore_coun
 from core.config import Recipe
 from core.data import Sample, class_weights, find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import choose_threshold, metrics_at
+from core.lungs import find_mask_dir, load_masks
 from core.models import GRADCAM_LAYERS, augmentation, build_model, input_spec_for
 from core.preprocessing import InputSpec, to_model_input
 from core.registry import load_card, load_keras_model, model_files, models_dir, sha256_file, write_card
@@ -43,10 +44,12 @@ class Batches(keras.utils.PyDataset):
     """Batches of model inputs from uint8 grayscale images, optionally with sample weights and, for
     training, each image re-encoded at random (:func:`core.augment.encoding_path`) before preprocessing."""
 
-    def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, encoding=False, **kw):
+    def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, encoding=False,
+                 lungs=None, margin_jitter=0, **kw):
         super().__init__(**kw)
         self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
         self.batch_size, self.shuffle, self.weights, self.encoding = batch_size, shuffle, weights, encoding
+        self.lungs, self.margin_jitter = lungs, margin_jitter  # a lung-focused spec: masks, margin ± jitter
         self._rng = np.random.default_rng(seed)
         self._order = np.arange(len(gray))
         if shuffle:
@@ -60,11 +63,18 @@ class Batches(keras.utils.PyDataset):
         gray = self.gray[idx]
         if self.encoding:
             gray = np.stack([encoding_path(g, self._rng) for g in gray])
-        x = to_model_input(gray, self.spec)
+        x = to_model_input(gray, self.spec, *self._lungs(idx))
         y = self.labels[idx][:, None]
         if self.weights is None:
             return x, y
         return x, y, self.weights[self.labels[idx].astype(int)]
+
+    def _lungs(self, idx) -> tuple:
+        """(masks, margins) for a lung-focused spec; margins drawn per image when jittered."""
+        if self.lungs is None:
+            return ()
+        m, j = self.spec.lung_margin, self.margin_jitter
+        return self.lungs[idx], (self._rng.integers(m - j, m + j + 1, len(idx)) if j else None)
 
     def on_epoch_end(self):
         if self.shuffle:
@@ -82,6 +92,8 @@ class _Data:
     x_va: np.ndarray
     y_va: np.ndarray
     spec: InputSpec
+    m_tr: np.ndarray | None = None  # human lung masks, for a lung-focused recipe
+    m_va: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -92,13 +104,13 @@ class _Start:
     sha256: str | None = None
 
 
-def _outputs(model, gray, spec: InputSpec, batch_size=64) -> np.ndarray:
-    return np.asarray(model.predict(Batches(gray, np.zeros(len(gray)), spec, batch_size), verbose=0))
+def _outputs(model, gray, spec: InputSpec, batch_size=64, lungs=None) -> np.ndarray:
+    return np.asarray(model.predict(Batches(gray, np.zeros(len(gray)), spec, batch_size, lungs=lungs), verbose=0))
 
 
-def predict_arrays(model, gray, spec: InputSpec, batch_size=64) -> np.ndarray:
-    """P(pneumonia) for uint8 grayscale images, batched."""
-    return _outputs(model, gray, spec, batch_size).astype(np.float64).reshape(-1)
+def predict_arrays(model, gray, spec: InputSpec, batch_size=64, lungs=None) -> np.ndarray:
+    """P(pneumonia) for uint8 grayscale images (with their lung masks for a lung-focused spec), batched."""
+    return _outputs(model, gray, spec, batch_size, lungs).astype(np.float64).reshape(-1)
 
 
 def _compile(model, recipe: Recipe) -> None:
@@ -120,8 +132,9 @@ def _build(recipe: Recipe, weights: list | None = None) -> keras.Model:
 def _fit_images(recipe: Recipe, model, data: _Data, run_dir: Path, state: dict):
     weights = class_weights(data.y_tr) if recipe.class_weights else None
     train_data = Batches(data.x_tr, data.y_tr, data.spec, recipe.batch_size, shuffle=True, weights=weights,
-                         seed=recipe.seed, encoding=recipe.encoding_augment)
-    val_data = Batches(data.x_va, data.y_va, data.spec, 64)
+                         seed=recipe.seed, encoding=recipe.encoding_augment, lungs=data.m_tr,
+                         margin_jitter=recipe.lung_margin_jitter)
+    val_data = Batches(data.x_va, data.y_va, data.spec, 64, lungs=data.m_va)
     if (run_dir / "last.keras").exists() and state.get("epoch", 0) > 0:
         trainer = keras.saving.load_model(run_dir / "last.keras")
         inner = trainer.get_layer(model.name)
@@ -167,9 +180,11 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
     if f_tr is None:
         features = keras.Model(model.input, model.get_layer("avg_pool").output)
         rng = np.random.default_rng(recipe.seed)
-        views = [data.x_tr] + [np.stack([encoding_path(g, rng) for g in data.x_tr])
-                               for _ in range(ENCODED_VIEWS if recipe.encoding_augment else 0)]
-        f_tr, f_va = (_outputs(features, x, data.spec).astype(np.float32) for x in (np.concatenate(views), data.x_va))
+        n_views = 1 + (ENCODED_VIEWS if recipe.encoding_augment else 0)
+        views = [data.x_tr] + [np.stack([encoding_path(g, rng) for g in data.x_tr]) for _ in range(n_views - 1)]
+        lungs = None if data.m_tr is None else np.concatenate([data.m_tr] * n_views)
+        f_tr = _outputs(features, np.concatenate(views), data.spec, lungs=lungs).astype(np.float32)
+        f_va = _outputs(features, data.x_va, data.spec, lungs=data.m_va).astype(np.float32)
         np.savez(run_dir / "features.tmp.npz", train=f_tr, val=f_va, key=key)
         (run_dir / "features.tmp.npz").replace(cached)
     head_in = keras.Input(f_tr.shape[1:])
@@ -223,10 +238,18 @@ def _train_run(member: Recipe, folder: Path, data: _Data, start: _Start) -> tupl
 
 def _load_data(recipe: Recipe, data_dir: Path) -> _Data:
     train, val = split_train_val(list_split(data_dir, "train"), recipe.val_fraction, recipe.seed)
+    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize, recipe.lung_margin)
+    m_tr = m_va = None
+    if recipe.lung_margin:  # a lung-focused recipe trains on the images with a human lung mask
+        mask_dir = find_mask_dir()
+        (m_tr, has_tr), (m_va, has_va) = (load_masks(s, "train", mask_dir) for s in (train, val))
+        log.info("Leaving out %d training and %d validation images without a lung mask",
+                 (~has_tr).sum(), (~has_va).sum())
+        train, val = [s for s, h in zip(train, has_tr, strict=True) if h], [s for s, h in zip(val, has_va, strict=True) if h]
+        m_tr, m_va = m_tr[has_tr], m_va[has_va]
     log.info("Loading %d training and %d validation images", len(train), len(val))
     return _Data(train, val, load_images(train), np.array([s.label for s in train]), load_images(val),
-                 np.array([s.label for s in val]),
-                 input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize))
+                 np.array([s.label for s in val]), spec, m_tr, m_va)
 
 
 def _stage_one(recipe: Recipe, spec: InputSpec, out_root: Path) -> _Start:
@@ -281,7 +304,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
             folder.mkdir(exist_ok=True)
             runs.append((seed, *_train_run(replace(recipe, seed=seed, soup_seeds=(), wise_ft_alpha=1.0), folder, data,
                                            start)))
-        member_probs = [predict_arrays(m, data.x_va, data.spec) for _, m, _, _ in runs]
+        member_probs = [predict_arrays(m, data.x_va, data.spec, lungs=data.m_va) for _, m, _, _ in runs]
         model = average_weights([m for _, m, _, _ in runs])
         soup = soup_record([(seed, st) for seed, _, st, _ in runs], data.y_va, member_probs)
         history = [{"member_seed": seed, **row} for seed, _, st, _ in runs for row in st["history"]]
@@ -294,10 +317,10 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     wise = None
     if recipe.wise_ft_alpha != 1.0:
         model, wise, val_prob = wise_ft(model, _build(recipe, start.weights), recipe.wise_ft_alpha,
-                                        lambda m: predict_arrays(m, data.x_va, data.spec), data.y_va,
+                                        lambda m: predict_arrays(m, data.x_va, data.spec, lungs=data.m_va), data.y_va,
                                         recipe.init_from, start.sha256)
     else:
-        val_prob = predict_arrays(model, data.x_va, data.spec)
+        val_prob = predict_arrays(model, data.x_va, data.spec, lungs=data.m_va)
     threshold = choose_threshold(data.y_va, val_prob, recipe.threshold_rule)
     files = model_files(recipe.name, out_root, must_exist=False)
     files.folder.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,10 @@ NO_DATA = (
 )
 
 
+PAIR = np.zeros((224, 224), bool)  # a plausible pair of lungs, as a 224 x 224 mask
+PAIR[40:190, 25:100] = PAIR[40:190, 124:200] = True
+
+
 def xray_like(h: int = 300, w: int = 260, seed: int = 0) -> np.ndarray:
     """A synthetic grayscale 'chest X-ray': dark background, two bright lung-shaped fields."""
     rng = np.random.default_rng(seed)

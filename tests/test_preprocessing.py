@@ -200,3 +200,21 @@ def test_random_bytes_never_escape_as_other_errors():
         except ImageDecodeError:
             continue
         assert gray.dtype == np.uint8 and gray.ndim == 2
+
+
+def test_a_lung_focused_input_keeps_the_lungs_and_a_margin_only():
+    from core.preprocessing import InputSpec, keep_lungs
+    from tests.helpers import PAIR
+
+    view = np.full((2, 224, 224), 200, np.uint8)
+    kept = keep_lungs(view, np.stack([PAIR, PAIR]), [3, 11])
+    assert (kept[:, PAIR] == 200).all()  # the lungs themselves are untouched
+    assert kept[0, 40:190, 14].max() == 0 and kept[1, 40:190, 14].min() == 200  # 11 px left of the left lung
+    assert kept[0, 40:190, 22].min() == 200  # 3 px: inside the margin
+    assert kept[0, 5, 5] == 0 and view.min() == 200  # a corner is blanked; the input is not modified
+    assert keep_lungs(view[0], np.zeros((224, 224), bool), 7).max() == 0  # no lungs found: nothing to see
+    spec = InputSpec(equalize=True, lung_margin=7)
+    assert InputSpec.from_card({"preprocessing": spec.to_dict()}) == spec
+    assert "lung_margin" not in InputSpec().to_dict()  # cards of models that see the whole image are unchanged
+    with pytest.raises(ValueError, match="shape"):
+        keep_lungs(view, PAIR[None], 7)

@@ -9,10 +9,7 @@ from core.lungs import draw_outline, implausible_lungs, outline
 from core.ood import OODResult
 from core.registry import lungs_files
 from core.segmenter import augment_pair, build_decoder
-from tests.helpers import xray_like
-
-PAIR = np.zeros((224, 224), bool)
-PAIR[40:190, 25:100] = PAIR[40:190, 124:200] = True
+from tests.helpers import PAIR, xray_like
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from core.config import RECIPES, get_recipe
 from core.registry import load_card, sha256_file
-from tests.helpers import tiny_dataset
+from tests.helpers import PAIR, tiny_dataset
 
 
 def test_train_writes_artifacts_and_resumes(tmp_path, monkeypatch):
@@ -68,7 +68,15 @@ def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
 
 
 def test_recipes_are_complete():
-    assert set(RECIPES) == {"baseline", "transfer", "finetuned"}
+    ft = RECIPES["finetuned"]
+    assert set(RECIPES) == {"baseline", "transfer", "finetuned", "lungfocus_head", "lungfocus"}
+    lf = RECIPES["lungfocus"]
+    assert lf.init_from == "lungfocus_head" and RECIPES["lungfocus_head"].lung_margin == lf.lung_margin == 7
+    assert lf.encoding_augment and lf.lung_margin_jitter == 4
+    # the lung-focused model is the finetuned recipe with only its input (and stage 1) changed
+    same = lambda r: {k: v for k, v in r.to_dict().items()  # noqa: E731
+                      if k not in ("name", "init_from", "notes", "lung_margin", "lung_margin_jitter", "encoding_augment")}
+    assert same(lf) == same(ft)
     ft = RECIPES["finetuned"]
     assert (ft.learning_rate, ft.label_smoothing, ft.dropout, ft.class_weights) == (1e-4, 0.1, 0.5, True)
     assert ft.trainable_top_layers == 41 and ft.init_from == "transfer"
@@ -264,3 +272,38 @@ def test_a_frozen_head_trains_on_reencoded_views(tmp_path, monkeypatch):
     with np.load(tmp_path / "cache" / "runs" / "transfer" / "features.npz") as f:
         assert len(f["train"]) == (1 + ENCODED_VIEWS) * 12 and len(f["val"]) == 4
     assert load_card("transfer", tmp_path / "models").config["encoding_augment"] is True
+
+
+def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tmp_path, monkeypatch):
+    """Stage 1 of 'lungfocus' on tiny data: its card says it sees only the lungs, images without a mask are
+    left out, and serving feeds it the lungs found by a segmenter (it cannot run without them)."""
+    from PIL import Image
+
+    from core.inference import load_model, score
+    from core.preprocessing import to_model_input
+    from core.segmenter import LungSegmenter
+    from core.training import train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "chest_xray", n=12)
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "masks" / "train" / label).mkdir(parents=True)
+        for image in sorted((data / "train" / label).iterdir())[1:]:  # the first image of each class has no mask
+            Image.fromarray(PAIR.astype(np.uint8) * 255).save(tmp_path / "masks" / "train" / label / f"{image.stem}.png")
+    monkeypatch.setenv("PNEUMONIA_MASKS_DIR", str(tmp_path / "masks"))
+    out = tmp_path / "models"
+    train(get_recipe("lungfocus_head").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    card = load_card("lungfocus_head", out)
+    assert card.spec.lung_margin == 7 and card.config["lung_margin_jitter"] == 4
+    assert card.data["train_images"] + card.data["val_images"] == 22
+
+    model = load_model("lungfocus_head", out, lungs=LungSegmenter())
+    assert model.needs_lungs and not model.gives_lungs
+    gray = np.stack([np.asarray(Image.open(p).convert("L").resize((224, 224)))
+                     for p in sorted((data / "train" / "PNEUMONIA").iterdir())[:3]])
+    with pytest.raises(ValueError, match="lung mask"):
+        to_model_input(gray, card.spec)
+    readings = score(gray, [model], lungs=LungSegmenter())
+    expected = model.keras_model.predict(to_model_input(gray, card.spec, np.stack([r.lungs for r in readings])),
+                                         verbose=0)[:, 0]
+    assert [r.diagnoses["lungfocus_head"].probability for r in readings] == pytest.approx(expected, abs=1e-5)
