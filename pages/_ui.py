@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 from PIL import Image
 
+import pages
 from core import LABELS, inference, registry
 from core.cards import DISCLAIMER, ModelCard
 from core.data import find_data_dir
@@ -24,22 +25,16 @@ from core.ood import OODCheck, OODResult
 from core.segmenter import LungSegmenter
 
 __all__ = [
-    "NAVIGATION_DECLARED", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
+    "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
     "read_uploads", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
     "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
-    "test_overlays", "ms_per_image", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
+    "test_overlays", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
 ]
-
-# Set by app.py when it declares the navigation. Until some session has run app.py, Streamlit
-# serves a deep link (say /compare) the old way, straight from the pages/ folder, without our
-# navigation or page config; ensure_app() sends such a first visitor through app.py.
-NAVIGATION_DECLARED = False
-
 
 def ensure_app(page_file: str) -> None:
     """Call first on every page (with ``__file__``): route a cold deep link through ``app.py``,
-    which then opens this page again under the app's navigation."""
-    if not NAVIGATION_DECLARED:
+    which then opens this page again under the app's navigation (see :mod:`pages`)."""
+    if not pages.NAVIGATION_DECLARED:
         st.switch_page("app.py", query_params={"goto": Path(page_file).stem})
 
 
@@ -264,3 +259,17 @@ def no_data_hint() -> None:
 def label_badge(label: str) -> str:
     colour = "#b5443a" if label == "PNEUMONIA" else "#2e7d4f"
     return f"<span style='color:{colour};font-weight:600'>{label}</span>"
+
+
+
+# one clearly different colour per model, wherever models share a plot
+MODEL_COLOURS = {"baseline": "#7f7f7f", "transfer": "#e08a1e", "finetuned": "#1f5fa8", "lungfocus": "#2a9d55"}
+
+
+def model_colour(name: str) -> str:
+    """The model's colour in every plot."""
+    return MODEL_COLOURS.get(name, "#8e44ad")
+
+
+if __name__ == "__main__":  # opened as a page (a cold server's /ui): this module is no page, go to the app
+    st.switch_page("app.py")

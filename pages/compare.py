@@ -44,27 +44,48 @@ for name in names:
         "ms per image": ui.ms_per_image(name),
         **{label: (report or {}).get("explanation", {}).get(key) for label, key in EXPLANATION.items()},
     })
-table = pd.DataFrame(rows).set_index("model")
+# models as columns, measures as rows: every number stays visible at laptop widths, however many measures
+table = pd.DataFrame(rows).set_index("model").T
 higher = ["accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC", "PR AUC", "map energy in lungs",
           "pointing game"]
 lower = ["parameters", "file size (MB)", "ms per image", "template index"]
-styled = (table.style.highlight_max(subset=higher, color="#cfe8d8").highlight_min(subset=lower, color="#cfe8d8")
-          .format({**dict.fromkeys(higher + ["threshold", "template index"], "{:.3f}"), "parameters": "{:,.0f}",
-                   "file size (MB)": "{:.1f}", "ms per image": "{:.0f}"}, na_rep="n/a"))
-st.dataframe(styled, width="stretch", key="cmp_table")
+formats = {**dict.fromkeys(higher + ["threshold", "template index"], "{:.3f}"), "parameters": "{:,.0f}",
+           "file size (MB)": "{:.1f}", "ms per image": "{:.0f}"}
+
+
+def _cell(value, row: str) -> str:
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "n/a"
+    return formats[row].format(value) if row in formats else str(value)
+
+
+def _best(row: pd.Series) -> list[str]:
+    """Highlight the best model in a row where higher (or lower) is better."""
+    if row.name not in higher + lower:
+        return [""] * len(row)
+    values = pd.to_numeric(row, errors="coerce")
+    if values.isna().all():
+        return [""] * len(row)
+    best = values.max() if row.name in higher else values.min()
+    return ["background-color: #cfe8d8" if v == best else "" for v in values]
+
+
+shown = pd.DataFrame({c: [_cell(table.at[r, c], r) for r in table.index] for c in table.columns}, index=table.index)
+st.dataframe(shown.style.apply(lambda r: _best(table.loc[r.name]), axis=1), width="stretch",
+             height=36 * (len(table) + 1) + 2, key="cmp_table")
 st.caption("Test-set metrics at each model's card threshold (chosen on validation), with 95 % bootstrap intervals "
            "(test images resampled within each class). ms per image: median time of one diagnosis (probability + "
            "Grad-CAM) on this server. Map energy in lungs: share of the pneumonia map inside the true lung masks "
            "(the lungs cover about a third of the image); pointing game: share of images whose map peaks inside "
            "the lungs; template index: how much every image gets the same map (1 = always). Best value per column "
-           "highlighted.")
+           "highlighted in each row.")
 
 fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"}, name="chance")])
 for name in names:
     report = ui.metrics(name)
     if report:
         fig.add_trace(go.Scatter(x=report["roc_curve"]["fpr"], y=report["roc_curve"]["tpr"], mode="lines",
-                                 name=f"{name} (AUC {report['roc_auc']:.3f})"))
+                                 name=f"{name} (AUC {report['roc_auc']:.3f})", line={"color": ui.model_colour(name)}))
 fig.update_layout(title="ROC curves on the official test set", xaxis_title="False-positive rate (1 − specificity)",
                   yaxis_title="True-positive rate (sensitivity)", height=460)
 st.plotly_chart(fig, key="cmp_roc")

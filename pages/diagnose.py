@@ -26,9 +26,11 @@ with st.sidebar:
     selected = names if choice == "All models" else [choice]
     thresholds = {}
     with st.expander("Decision thresholds", expanded=False):
-        st.caption("Start at each model's card threshold (chosen on validation data); changes apply to this view only.")
+        st.caption("Start at each model's card threshold (chosen on validation data, to 3 decimals); changes apply "
+                   "to this view only.")
         for name in selected:
-            thresholds[name] = st.slider(name, 0.0, 1.0, float(ui.card(name).threshold), 0.01, key=f"dx_thr_{name}")
+            thresholds[name] = st.slider(name, 0.0, 1.0, round(float(ui.card(name).threshold), 3), 0.001,
+                                         format="%.3f", key=f"dx_thr_{name}")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="dx_alpha")
     target = CLASS_CHOICES[st.radio("Grad-CAM explains", list(CLASS_CHOICES), key="dx_target")]
     show_lungs = st.toggle("Lung outline", value=True, key="dx_lungs",
@@ -86,17 +88,30 @@ if len(files) > 1:
     def withheld(f: str) -> bool:
         return f in flagged and not st.session_state.get(f"dx_ood_{f}", False)
 
-    table = pd.DataFrame([
-        {"file": f, "model": d.model, "P(pneumonia)": None if withheld(f) else round(d.probability, 4),
-         "threshold": thresholds[d.model],
-         "label": "withheld: not like an X-ray" if withheld(f) else label_for(d.probability, thresholds[d.model])}
-        for f, _, d in results
-    ])
+    def row(f: str) -> dict:
+        """One row per file: every model's probability and label, or why there is none."""
+        out = {"file": f}
+        if f in errors:
+            return {**out, "status": f"not read: {errors[f]}"}
+        if withheld(f):
+            unlike = flagged[f].score > flagged[f].cutoff
+            return {**out, "status": "withheld: " + ("not like the training X-rays" if unlike
+                                                     else "no plausible pair of lungs")}
+        out["status"] = "scored" + (" (shown although unusual)" if f in flagged else "")
+        for name in selected:
+            d = readings[keys[f]].diagnoses[name]
+            out[f"{name}: P(pneumonia)"] = f"{d.probability:.3f}"
+            out[f"{name}: label at {thresholds[name]:.3f}"] = label_for(d.probability, thresholds[name])
+        return out
+
+    table = pd.DataFrame([row(f) for f, _ in files]).fillna("—")
     st.subheader("All files")
-    st.dataframe(table, hide_index=True, width="stretch")
+    st.dataframe(table, hide_index=True, width="stretch", height=36 * (len(table) + 1) + 2, key="dx_table")
     st.download_button("Download table (CSV)", table.to_csv(index=False).encode(), "diagnoses.csv", "text/csv",
                        key="dx_csv")
-    shown = st.selectbox("Show details for", list(dict.fromkeys(f for f, _, _ in results)), key="dx_detail")
+    choices = list(dict.fromkeys(f for f, _, _ in results))
+    first = next((i for i, f in enumerate(choices) if not withheld(f)), 0)  # start on a file with a result
+    shown = st.selectbox("Show details for", choices, index=first, key="dx_detail")
 else:
     shown = results[0][0]
 
@@ -122,7 +137,7 @@ for filename, gray, d in [r for r in results if r[0] == shown]:
     with info:
         st.markdown(f"**{d.model}**")
         st.metric("P(pneumonia)", f"{d.probability:.1%}")
-        st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.2f}", unsafe_allow_html=True)
+        st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.3f}", unsafe_allow_html=True)
         if share is not None:
             st.caption(f"{share:.0%} of the evidence for pneumonia lies inside the lungs found.")
             if share < 0.5:

@@ -9,17 +9,20 @@ from pages import _ui as ui
 
 ui.ensure_app(__file__)
 
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf"]
+
 st.title("Model cards")
 st.caption(ui.DISCLAIMER)
 names = ui.no_models_stop()
 
 
-def metric_row(title: str, roc_auc: float, m: dict) -> None:
-    st.markdown(title)
-    cols = st.columns(4)
-    for col, (label, value) in zip(cols, [("ROC AUC", roc_auc), ("Accuracy", m["accuracy"]),
-                                          ("Sensitivity", m["sensitivity"]), ("Specificity", m["specificity"])]):
-        col.metric(label, f"{value:.3f}")
+def metric_table(rows: list[tuple[str, float, dict]]) -> None:
+    """Validation and test metrics as one small table (metric tiles cut the numbers in a narrow column)."""
+    lines = ["| data | ROC AUC | accuracy | sensitivity | specificity |", "|---|---|---|---|---|"]
+    lines += [f"| {title} | {auc:.3f} | {m['accuracy']:.3f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} |"
+              for title, auc, m in rows]
+    st.markdown("\n".join(lines))
+    st.caption("At the card threshold, which was chosen on the validation data.")
 
 
 def epochs_text(card) -> str:
@@ -55,9 +58,19 @@ def augmentation_text(cfg: dict) -> str:
     return ", ".join(parts)
 
 
+def input_text(card) -> str:
+    pre, shape = card.preprocessing, card.input_shape
+    text = f"{shape[0]} × {shape[1]} × {shape[2]}, "
+    text += "histogram-equalised, then " if pre.get("equalize") else ""
+    text += f"(pixel − {pre['mean']}) / {pre['std']}"
+    if pre.get("lung_margin"):
+        text += f"; only the lungs (and {pre['lung_margin']} pixels around them) are seen, the rest is blanked"
+    return text
+
+
 for tab, name in zip(st.tabs(names), names, strict=False):
     card = ui.card(name)
-    cfg, data, pre = card.config, card.data, card.preprocessing
+    cfg, data = card.config, card.data
     mix_rows = f"| Weight average | {soup_text(card.soup)} |\n" if card.soup else ""
     mix_rows += f"| Mixed with its start | {wise_text(card.wise_ft)} |\n" if card.wise_ft else ""
     with tab:
@@ -69,16 +82,16 @@ for tab, name in zip(st.tabs(names), names, strict=False):
             for note in card.notes:
                 st.write(note)
             st.markdown(f"""
-| | |
+| setting | value |
 |---|---|
 | Kind | {card.kind} |
 | Backbone | {card.backbone or 'none: trained from scratch'} |
-| Input | {card.input_shape[0]} × {card.input_shape[1]} × {card.input_shape[2]}, {'histogram-equalised, then ' if pre.get('equalize') else ''}(pixel − {pre['mean']}) / {pre['std']} |
+| Input | {input_text(card)} |
 | Parameters | {card.parameters:,} |
 | Decision threshold | {card.threshold:.4f}: {card.threshold_rule} |
 | Grad-CAM layer | `{card.gradcam_layer}` |
 | Optimiser | Adam, learning rate {cfg['learning_rate']:g}; BCE, label smoothing {cfg['label_smoothing']} |
-| Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)} |
+| Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)}{'; every image re-encoded at random (resampling, blur, noise, JPEG)' if cfg.get('encoding_augment') else ''} |
 | Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |
 | Data | {data['train_images']} train / {data['val_images']} validation images ({data['train_patients']} / {data['val_patients']} patients); {data['split']}; fingerprint `{data['fingerprint']}` |
 | Epochs | {epochs_text(card)} |
@@ -86,11 +99,12 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 | Weights | `{card.weights_file}`, sha256 `{card.weights_sha256[:16]}…` |
 """)
         with right:
-            metric_row("**Validation** (used to choose the threshold)", card.val_metrics["roc_auc"],
-                       card.val_metrics)
             report = ui.metrics(name)
+            rows = [("validation", card.val_metrics["roc_auc"], card.val_metrics)]
             if report:
-                metric_row("**Official test set**", report["roc_auc"], report["at_card_threshold"])
+                rows.append(("official test", report["roc_auc"], report["at_card_threshold"]))
+            metric_table(rows)
+            if report:
                 cam = report.get("gradcam", {})
                 if cam.get("central_third_share_mean") is not None:
                     st.caption(f"Grad-CAM on test images called pneumonia: {cam['central_third_share_mean']:.0%} of the "
@@ -111,9 +125,12 @@ for tab, name in zip(st.tabs(names), names, strict=False):
             for col, metric, title in [(cols[0], "loss", "Loss (BCE with label smoothing)"), (cols[1], "auc", "ROC AUC")]:
                 if metric not in hist:
                     continue
+                # one colour per run, dotted = training, solid = validation; the legend below the plot has room for all
                 fig = go.Figure([go.Scatter(x=run.epoch, y=run[col_name], name=part if seed is None else f"{part}, seed {seed}",
-                                            line={"dash": "dot"} if part == "train" else None)
-                                 for seed, run in runs
+                                            line={"dash": "dot" if part == "train" else "solid",
+                                                  "color": PALETTE[i % len(PALETTE)]}, legendgroup=str(seed))
+                                 for i, (seed, run) in enumerate(runs)
                                  for part, col_name in [("train", metric), ("validation", f"val_{metric}")]])
-                fig.update_layout(title=title, xaxis_title="Epoch", yaxis_title=metric, height=320)
+                fig.update_layout(title=title, xaxis_title="Epoch", yaxis_title=metric, height=360 + 22 * len(runs),
+                                  legend={"orientation": "h", "yanchor": "top", "y": -0.25, "x": 0})
                 col.plotly_chart(fig, key=f"mdl_{name}_{metric}")

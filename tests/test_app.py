@@ -70,9 +70,9 @@ def test_diagnose_scores_each_file_once_per_session(shipped_models, samples_dir,
     scored = []
     original = LoadedModel.diagnose_gray
 
-    def counting(self, gray, batch_size=32, lungs=False):
+    def counting(self, gray, batch_size=32, **kw):
         scored.append((self.name, len(gray)))
-        return original(self, gray, batch_size, lungs)
+        return original(self, gray, batch_size, **kw)
 
     monkeypatch.setattr(LoadedModel, "diagnose_gray", counting)
     at = _app()
@@ -111,8 +111,29 @@ def test_diagnose_reports_a_bad_file_and_scores_the_rest(shipped_models):
     at.run()
     assert not at.exception
     assert len(at.error) == 1 and "notes.png" in at.error[0].value
-    table = at.dataframe[0].value
-    assert set(table["file"]) == {"chest.png"} and len(table) == len(shipped_models)
+    table = at.dataframe[0].value.set_index("file")
+    assert list(table.index) == ["notes.png", "chest.png"]  # one row per file, the refused one too
+    assert table.loc["notes.png", "status"].startswith("not read: ")
+    assert table.loc["chest.png", "status"] == "withheld: not like the training X-rays"
+    assert "None" not in table.to_csv() and not table.isna().any().any()
+    # the details open on a file that has a result to show, not on the refused one
+    assert at.selectbox(key="dx_detail").value == "chest.png"
+
+
+def test_the_file_table_gives_the_threshold_as_the_labels_use_it(shipped_models, samples_dir):
+    at = _app()
+    a = (samples_dir / "IM-0061-0001.jpeg").read_bytes()
+    at.file_uploader(key="dx_upload").set_value([("drawing.png", encode(xray_like(500, 420), "PNG"), "image/png"),
+                                                 ("a.jpeg", a, "image/jpeg")]).run()
+    assert at.selectbox(key="dx_detail").value == "a.jpeg"  # not the withheld drawing
+    table = next(d.value for d in at.dataframe if "file" in d.value.columns).set_index("file")
+    for name in shipped_models:
+        threshold = at.slider(key=f"dx_thr_{name}").value
+        assert threshold == round(threshold, 3)  # the slider gives 3 decimals, and so does every label
+        assert f"{name}: label at {threshold:.3f}" in table.columns
+    shown = [m.value for m in at.markdown if "at threshold" in m.value]
+    assert shown and all(f"at threshold {at.slider(key=f'dx_thr_{n}').value:.3f}" in " ".join(shown)
+                         for n in shipped_models)
 
 
 def _table(at, column):
@@ -154,11 +175,13 @@ def test_compare_lists_every_shipped_model(shipped_models):
     from core.registry import models_dir
 
     at = _app("pages/compare.py")
-    table = _table(at, "ROC AUC")
-    assert list(table.index) == shipped_models
+    table = next(t.value for t in at.dataframe if "ROC AUC" in t.value.index)  # models as columns
+    assert list(table.columns) == shipped_models
     for name in shipped_models:
-        low, high = json.loads((models_dir() / name / "metrics.json").read_text())["ci95"]["accuracy"]
-        assert table.loc[name, "accuracy 95 % CI"] == f"{low:.3f}–{high:.3f}"
+        report = json.loads((models_dir() / name / "metrics.json").read_text())
+        low, high = report["ci95"]["accuracy"]
+        assert table.loc["accuracy 95 % CI", name] == f"{low:.3f}–{high:.3f}"
+        assert table.loc["ROC AUC", name] == f"{report['roc_auc']:.3f}"
 
 
 def test_compare_scores_its_images_once_while_they_stay(shipped_models, data_dir, monkeypatch):
@@ -168,10 +191,10 @@ def test_compare_scores_its_images_once_while_they_stay(shipped_models, data_dir
     scored = []
     original = LoadedModel.diagnose_gray
 
-    def counting(self, gray, batch_size=32, lungs=False):
+    def counting(self, gray, batch_size=32, **kw):
         if gray.min() != gray.max():  # not the flat image the "ms per image" column times
             scored.append(self.name)
-        return original(self, gray, batch_size, lungs)
+        return original(self, gray, batch_size, **kw)
 
     monkeypatch.setattr(LoadedModel, "diagnose_gray", counting)
     n = len(shipped_models)
@@ -218,9 +241,9 @@ def test_two_uploads_with_one_name_stay_apart(shipped_models, samples_dir):
     b = (samples_dir / "person1314_virus_2269.jpeg").read_bytes()
     at.file_uploader(key="dx_upload").set_value([("scan.jpeg", a, "image/jpeg"), ("scan.jpeg", b, "image/jpeg")])
     at.run()
-    table = next(d.value for d in at.dataframe if "P(pneumonia)" in d.value.columns)
-    assert set(table["file"]) == {"scan.jpeg", "scan.jpeg (2)"} and len(table) == 2 * len(shipped_models)
-    finetuned = table[table.model == shipped_models[-1]].set_index("file")["P(pneumonia)"]
+    table = next(d.value for d in at.dataframe if "file" in d.value.columns)
+    assert list(table["file"]) == ["scan.jpeg", "scan.jpeg (2)"]
+    finetuned = table.set_index("file")[f"{shipped_models[-1]}: P(pneumonia)"]
     assert finetuned["scan.jpeg"] != finetuned["scan.jpeg (2)"]
 
 

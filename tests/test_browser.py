@@ -121,21 +121,39 @@ def test_cold_start_to_first_result(browser, shipped_models, xrays):
     (ARTIFACTS / "cold_start_seconds.json").write_text(json.dumps(result) + "\n")
 
 
-def test_cold_deep_link_gets_the_app_navigation(shipped_models):
-    """A fresh server whose first visitor opens /compare gets that page under our navigation."""
+def test_cold_deep_links_get_the_app_and_its_menu(shipped_models):
+    """A fresh server: its first visitor opens /ui (a helper module, no page) and lands on Diagnose; the menu
+    never lists the pages/ folder's files (app, ui) even while the first visit loads; /diagnose and
+    /compare open their pages under the app's menu."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    def menu(d) -> list[str]:
+        return [a.text.splitlines()[-1] for a in d.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebar'] a")]
+
+    def title(d, text: str) -> bool:
+        return bool(d.find_elements(By.XPATH, f"//h1[contains(., '{text}')]"))
 
     driver = new_driver()  # skips before any server starts when there is no browser
     try:
         with dashboard_server() as url:
-            driver.get(f"{url}/compare")
-            WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.XPATH, "//h1"))
-            nav = [a.text.splitlines()[-1] for a in driver.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebarNav'] a")]
-            assert {"Diagnose", "Test metrics", "Compare models", "Misclassified cases", "Models"} <= set(nav), nav
-            assert "ui" not in nav and "app" not in nav
-            WebDriverWait(driver, 120).until(lambda d: d.find_elements(By.XPATH, "//h1[contains(., 'Compare models')]"))
-            assert driver.current_url.rstrip("/").endswith("/compare")
+            driver.get(f"{url}/ui")
+            seen = set()
+
+            def loaded(d):
+                seen.update(menu(d))
+                seen.update(n.text for n in d.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebarNav'] a"))
+                return title(d, "Diagnose a chest X-ray") and len(menu(d)) == 5
+
+            WebDriverWait(driver, 120, poll_frequency=0.2).until(loaded)
+            assert not seen & {"app", "ui", "_ui"}, seen
+            assert menu(driver) == ["Diagnose", "Test metrics", "Compare models", "Misclassified cases", "Models"]
+            for path, text in [("/diagnose", "Diagnose a chest X-ray"), ("/compare", "Compare models"),
+                               ("/", "Diagnose a chest X-ray")]:
+                driver.get(url + path)
+                WebDriverWait(driver, 120).until(lambda d, text=text: title(d, text))
+                assert "Page not found" not in driver.page_source
+                assert driver.current_url.rstrip("/").endswith(path.rstrip("/") or "/diagnose")
     finally:
         driver.quit()
 
