@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from core import LABELS
 from core.errors import DatasetNotFoundError
-from core.preprocessing import load_grayscale
+from core.preprocessing import decode_image, load_grayscale
 
 __all__ = [
     "DATA_ENV",
@@ -27,6 +27,7 @@ __all__ = [
     "fingerprint",
     "load_images",
     "class_weights",
+    "identical_images",
 ]
 
 DATA_ENV = "PNEUMONIA_DATA_DIR"
@@ -147,3 +148,14 @@ def load_images(samples: list[Sample], size: tuple[int, int] = (224, 224)) -> np
     for i, s in enumerate(samples):
         out[i] = load_grayscale(s.path.read_bytes(), size=size)
     return out
+
+
+def identical_images(samples: list[Sample]) -> dict[str, list[str]]:
+    """For each sample whose decoded pixels equal another's, the names of the others (the official test set
+    holds six such pairs, e.g. NORMAL2-IM-0095-0001 and NORMAL2-IM-0096-0001)."""
+    groups: dict[str, list[str]] = {}
+    for s in samples:
+        pixels = decode_image(s.path.read_bytes(), s.name)
+        key = hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+        groups.setdefault(key, []).append(s.name)
+    return {name: [o for o in names if o != name] for names in groups.values() if len(names) > 1 for name in names}

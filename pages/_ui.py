@@ -14,7 +14,7 @@ import streamlit as st
 from PIL import Image
 
 import pages
-from core import LABELS, inference, registry
+from core import LABELS, data, inference, registry
 from core.cards import DISCLAIMER, ModelCard
 from core.data import find_data_dir
 from core.errors import DatasetNotFoundError, ImageDecodeError
@@ -28,7 +28,7 @@ __all__ = [
     "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
     "read_uploads", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
     "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
-    "test_overlays", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
+    "test_overlays", "identical_test_images", "sample_xrays", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
 ]
 
 def ensure_app(page_file: str) -> None:
@@ -203,6 +203,28 @@ def test_image(filename: str, label: str) -> np.ndarray | None:
     if path is None or not path.exists():
         return None
     return inference.read_upload(path.read_bytes(), filename).gray
+
+
+@st.cache_data(show_spinner=False)
+def sample_xrays(folder: str) -> dict[str, str]:
+    """The sample originals in ``folder``, each named with its true label and the split its copy is in."""
+    root = data_dir()
+    where = {s.name: (split, s) for split in ("train", "test") for s in (data.list_split(root, split) if root else [])}
+    out = {}
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix.lower() not in (".jpeg", ".jpg", ".png"):
+            continue
+        split, s = where.get(p.name, (None, None))
+        out[p.name] = (f"{p.name}: truly {LABELS[s.label]}, {'training' if split == 'train' else 'test'} split"
+                       if s else f"{p.name}: not in the dataset found here")
+    return out
+
+
+@st.cache_data(show_spinner=False)
+def identical_test_images() -> dict[str, list[str]]:
+    """Test images that are pixel for pixel another test image, with the others' names ({} without the data)."""
+    root = data_dir()
+    return data.identical_images(data.list_split(root, "test")) if root else {}
 
 
 @st.cache_data(show_spinner="Computing Grad-CAM…", max_entries=64)

@@ -45,8 +45,11 @@ files: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
 root = ui.data_dir()
 sample_dir = root.parent / "samples_fullres" if root else None
 if sample_dir and sample_dir.is_dir():
-    samples = sorted(p.name for p in sample_dir.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
-    sample = st.selectbox("…or try a sample X-ray from the dataset", ["—", *samples], key="dx_sample")
+    samples = ui.sample_xrays(str(sample_dir))
+    sample = st.selectbox("…or try a full-resolution original from the dataset (its true label and split given)",
+                          ["—", *samples], format_func=lambda n: samples.get(n, n), key="dx_sample",
+                          help="Originals of dataset images. A training-split image was seen by the models (as its "
+                               "224 × 224 copy) while they learned: it shows how they behave, not how well.")
     if sample != "—":
         files.append((sample, (sample_dir / sample).read_bytes()))
 

@@ -17,11 +17,15 @@ df, card = ui.predictions(name), ui.card(name)
 if df is None:
     st.warning(f"No test predictions for '{name}'. Run `python -m core.evaluate --model {name}`.")
     st.stop()
-threshold = float(card.threshold)
+threshold = st.slider("Decision threshold", 0.0, 1.0, round(float(card.threshold), 3), 0.001, format="%.3f",
+                      key=f"mc_threshold_{name}",
+                      help="Starts at the card threshold (chosen on validation data); changes apply to this view only.")
 others = ui.all_predictions()
+twins = ui.identical_test_images()
 fp = df[(df.y == 0) & (df.probability >= threshold)].sort_values("probability", ascending=False)
 fn = df[(df.y == 1) & (df.probability < threshold)].sort_values("probability", ascending=True)
-st.markdown(f"At its card threshold **{threshold:.3f}**, `{name}` gets **{len(fp)} false positives** and "
+at = "its card threshold" if threshold == round(float(card.threshold), 3) else "the threshold"
+st.markdown(f"At {at} **{threshold:.3f}**, `{name}` gets **{len(fp)} false positives** and "
             f"**{len(fn)} false negatives** out of {len(df)} test images.")
 show_cam = st.toggle("Show Grad-CAM overlay", value=True, key="mc_cam")
 have_images = ui.data_dir() is not None
@@ -34,7 +38,10 @@ def gallery(cases, kind: str) -> None:
         st.success(f"No {kind}.")
         return
     pages = (len(cases) - 1) // PER_PAGE + 1
-    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"mc_page_{kind}_{name}") if pages > 1 else 1
+    key = f"mc_page_{kind}_{name}"
+    if st.session_state.get(key, 1) > pages:  # fewer pages after the threshold moved
+        st.session_state[key] = pages
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=key) if pages > 1 else 1
     chunk = cases.iloc[(page - 1) * PER_PAGE : page * PER_PAGE]
     if not have_images:
         st.dataframe(chunk[["filename", "label", "probability"]], hide_index=True, width="stretch")
@@ -53,6 +60,19 @@ def gallery(cases, kind: str) -> None:
             if others is not None:
                 said = others[others.filename == row.filename].iloc[0]
                 st.caption(" · ".join(f"{n}: {said[n]:.0%}" for n in names if n != name))
+            if twins.get(row.filename):
+                st.caption(f"Pixel for pixel the same image as {', '.join(twins[row.filename])} in the test set "
+                           "(the dataset holds it twice under two names).")
+    if pages > 1:  # the same pager at the bottom, where the reader's eye ends up
+        left, mid, right = st.columns([1, 2, 1])
+        left.button("← Previous page", key=f"{key}_prev", disabled=page <= 1, on_click=_turn, args=(key, -1, pages))
+        mid.caption(f"Page {page} of {pages} · cases {(page - 1) * PER_PAGE + 1}–{min(page * PER_PAGE, len(cases))} "
+                    f"of {len(cases)}")
+        right.button("Next page →", key=f"{key}_next", disabled=page >= pages, on_click=_turn, args=(key, 1, pages))
+
+
+def _turn(key: str, step: int, pages: int) -> None:
+    st.session_state[key] = min(max(st.session_state.get(key, 1) + step, 1), pages)
 
 
 tab_fp, tab_fn = st.tabs([f"False positives ({len(fp)})", f"False negatives ({len(fn)})"])

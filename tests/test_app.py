@@ -221,11 +221,43 @@ def test_misclassified_counts_match_the_predictions(shipped_models):
 
     at = _app("pages/misclassified.py")
     name = at.selectbox(key="mc_model").value
-    df, threshold = predictions(name), load_card(name).threshold
-    fp = int(((df.y == 0) & (df.probability >= threshold)).sum())
-    fn = int(((df.y == 1) & (df.probability < threshold)).sum())
-    text = " ".join(m.value for m in at.markdown)
-    assert f"{fp} false positives" in text and f"{fn} false negatives" in text
+    df = predictions(name)
+    slider = at.slider(key=f"mc_threshold_{name}")
+    assert slider.value == pytest.approx(round(load_card(name).threshold, 3))
+    for threshold in (slider.value, 0.2, 0.9):
+        at.slider(key=f"mc_threshold_{name}").set_value(threshold).run()
+        fp = int(((df.y == 0) & (df.probability >= threshold)).sum())
+        fn = int(((df.y == 1) & (df.probability < threshold)).sum())
+        text = " ".join(m.value for m in at.markdown)
+        assert not at.exception and f"{fp} false positives" in text and f"{fn} false negatives" in text
+
+
+def test_misclassified_pages_from_the_bottom_and_names_identical_images(shipped_models, data_dir):
+    at = _app("pages/misclassified.py")
+    name = at.selectbox(key="mc_model").value
+    at.slider(key=f"mc_threshold_{name}").set_value(0.0).run()  # every normal image is a false positive
+    key = f"mc_page_false positives_{name}"
+    assert at.number_input(key=key).value == 1
+    at.button(key=f"{key}_next").click().run()
+    assert not at.exception and at.number_input(key=key).value == 2
+    at.button(key=f"{key}_prev").click().run()
+    assert at.number_input(key=key).value == 1
+    # page through to NORMAL2-IM-0095-0001, which the test set holds twice (also as NORMAL2-IM-0096-0001)
+    for _ in range(int(at.number_input(key=key).max)):
+        said = [c.value for c in at.caption if "Pixel for pixel the same image as" in c.value]
+        if any("NORMAL2-IM-0096-0001.jpeg" in c for c in said):
+            break
+        at.button(key=f"{key}_next").click().run()
+    else:
+        pytest.fail("the identical pair was never named")
+
+
+def test_diagnose_names_each_samples_label_and_split(shipped_models, samples_dir):
+    at = _app()
+    box = at.selectbox(key="dx_sample")
+    shown = {o.split(":")[0]: o for o in box.options}
+    assert shown["person1597_bacteria_4189.jpeg"].endswith("truly PNEUMONIA, training split")
+    assert all(o == "—" or "truly" in o for o in box.options)
 
 
 def test_misclassified_without_the_dataset_explains_and_keeps_the_table(shipped_models, monkeypatch, tmp_path):

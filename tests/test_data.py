@@ -11,6 +11,7 @@ from core.data import (
     Sample,
     find_data_dir,
     fingerprint,
+    identical_images,
     list_split,
     patient_id,
     split_train_val,
@@ -128,3 +129,14 @@ def test_batches_shapes_weights_and_shuffle():
     assert np.array_equal(w, weights[y[:, 0].astype(int)])
     seen = np.concatenate([batches[i][0][:, 0, 0, 0] for i in range(3)]) * 128 + 127
     assert sorted(np.round(seen).astype(int)) == list(range(10)) and list(np.round(seen)) != list(range(10))
+
+
+def test_identical_images_are_found_by_their_pixels(tmp_path):
+    for label in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "test" / label).mkdir(parents=True)
+    img = xray_like(300, 260, seed=1)
+    (tmp_path / "test" / "NORMAL" / "IM-0001-0001.png").write_bytes(encode(img, "PNG"))
+    (tmp_path / "test" / "NORMAL" / "IM-0002-0001.png").write_bytes(encode(img, "PNG", ))  # same pixels
+    (tmp_path / "test" / "PNEUMONIA" / "person1_virus_1.png").write_bytes(encode(xray_like(300, 260, seed=2), "PNG"))
+    found = identical_images(list_split(tmp_path, "test"))
+    assert found == {"IM-0001-0001.png": ["IM-0002-0001.png"], "IM-0002-0001.png": ["IM-0001-0001.png"]}
