@@ -19,6 +19,7 @@ __all__ = [
     "upsample",
     "normalise",
     "colourise",
+    "colour_bar",
     "overlay",
     "central_share",
     "border_share",
@@ -118,6 +119,11 @@ def colourise(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
     """A [0, 1] map to an RGB uint8 image with a matplotlib colormap."""
     rgba = colormaps[colormap](np.clip(heat, 0, 1))
     return (rgba[..., :3] * 255).astype(np.uint8)
+
+
+def colour_bar(width: int = 320, height: int = 14, colormap: str = "jet") -> np.ndarray:
+    """The colour scale of :func:`colourise` as an RGB uint8 strip, 0 on the left, 1 on the right."""
+    return np.repeat(colourise(np.linspace(0, 1, width, dtype=np.float32), colormap)[None], height, axis=0)
 
 
 def overlay(gray: np.ndarray, heat: np.ndarray, alpha: float = 0.4, colormap: str = "jet") -> np.ndarray:

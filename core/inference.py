@@ -57,9 +57,14 @@ class Diagnosis:
     def label(self) -> str:
         return label_for(self.probability, self.threshold)
 
-    def heatmap(self, size: tuple[int, int], target: str = "PNEUMONIA") -> np.ndarray:
-        """Grad-CAM for ``target`` upsampled to ``size`` and scaled to [0, 1]."""
-        return normalise(upsample(class_map(self.signed_cam, target), size))
+    def heatmap(self, size: tuple[int, int], target: str = "PNEUMONIA", by_evidence: bool = False) -> np.ndarray:
+        """Grad-CAM for ``target`` upsampled to ``size``, scaled to [0, 1] by its own maximum; with
+        ``by_evidence``, then multiplied by the model's probability of ``target``, so that a weak finding
+        looks weak (a map normalised per image makes a 9 % image look as hot as a 98 % one)."""
+        heat = normalise(upsample(class_map(self.signed_cam, target), size))
+        if by_evidence:
+            heat = heat * (self.probability if target == "PNEUMONIA" else 1.0 - self.probability)
+        return heat
 
 
 def label_for(probability: float, threshold: float) -> str:
@@ -127,6 +132,7 @@ class Upload:
     name: str | None
     gray: np.ndarray  # (224, 224) uint8, squashed as the dataset images were made
     dicom: dict | None = None
+    original: np.ndarray | None = None  # the decoded image at its own resolution (uint8), for viewing only
 
 
 def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None = None) -> Upload:
@@ -144,7 +150,7 @@ def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None 
         limit_mb = max_bytes / 2**20
         raise ImageDecodeError(f"'{filename or 'This file'}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb:.0f} MB.")
     gray, dicom = decode_upload(data, filename)
-    return Upload(filename, squash(gray), dicom)
+    return Upload(filename, squash(gray), dicom, gray)
 
 
 def read_file(path: str | Path) -> bytes:

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.gradcam import overlay
+from core.gradcam import colour_bar, overlay
 from core.inference import label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
 from core.preprocessing import model_view
@@ -15,6 +15,12 @@ from pages import _ui as ui
 ui.ensure_app(__file__)
 
 CLASS_CHOICES = {"Evidence for pneumonia": "PNEUMONIA", "Evidence for normal": "NORMAL"}
+SCALES = {"Normalised per image": "1 = the strongest evidence in this image, whatever the probability",
+          "Scaled by the evidence": "1 = the strongest evidence in this image at a probability of 100 %; a weak finding "
+                                    "stays faint"}
+SCALE_HELP = ("Normalised per image: every map is stretched to its own maximum, so a 9 % image can look as hot as a "
+              "98 % one (where the model looked). Scaled by the evidence: the same map times the model's probability "
+              "of the class it explains (how strongly it believes it).")
 
 st.title("Diagnose a chest X-ray")
 st.caption(ui.DISCLAIMER)
@@ -33,6 +39,7 @@ with st.sidebar:
                                          format="%.3f", key=f"dx_thr_{name}")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="dx_alpha")
     target = CLASS_CHOICES[st.radio("Grad-CAM explains", list(CLASS_CHOICES), key="dx_target")]
+    by_evidence = st.radio("Heatmap scale", list(SCALES), key="dx_scale", help=SCALE_HELP) == "Scaled by the evidence"
     show_lungs = st.toggle("Lung outline", value=True, key="dx_lungs",
                            help="The lungs the segmenter found, drawn over the input and the heatmaps.")
 
@@ -134,7 +141,7 @@ def outlined(rgb):
 
 for filename, gray, d in [r for r in results if r[0] == shown]:
     label = label_for(d.probability, thresholds[d.model])
-    heat = outlined(overlay(gray, d.heatmap(gray.shape, target), alpha=alpha))
+    heat = outlined(overlay(gray, d.heatmap(gray.shape, target, by_evidence), alpha=alpha))
     share = reading.lung_share(d.model)
     info, original, explained = st.columns(3)
     with info:
@@ -145,11 +152,31 @@ for filename, gray, d in [r for r in results if r[0] == shown]:
             st.caption(f"{share:.0%} of the evidence for pneumonia lies inside the lungs found.")
             if share < 0.5:
                 st.warning(EVIDENCE_OUTSIDE_WARNING.format(outside=1 - share))
-        st.download_button("Download overlay (PNG)", ui.png_bytes(heat),
-                           f"{filename.rsplit('.', 1)[0]}_{d.model}_gradcam.png", "image/png", key=f"dx_png_{d.model}")
+        source = read[keys[filename]].original
+        full = source if source is not None else gray
+
+        def full_overlay(d=d, full=full) -> bytes:  # made when clicked, at the original's own resolution
+            rgb = overlay(full, d.heatmap(full.shape, target, by_evidence), alpha=alpha)
+            return ui.png_bytes(draw_outline(rgb, lungs) if lungs is not None else rgb)
+
+        st.download_button(f"Download overlay (PNG, {full.shape[1]} × {full.shape[0]})", full_overlay,
+                           f"{filename.rsplit('.', 1)[0]}_{d.model}_gradcam.png", "image/png", key=f"dx_png_{d.model}",
+                           help="The heatmap over the X-ray at the file's own resolution, with the lung outline "
+                                "when it is shown.")
     spec = ui.get_model(d.model).spec
     view = model_view(gray, spec)
     original.image(outlined(np.repeat(view[..., None], 3, axis=-1)), width="stretch",
                    caption="Input as the model sees it (224 × 224" + (", histogram-equalised)" if spec.equalize else ")")
                    + (", lungs outlined" if lungs is not None else ""))
-    explained.image(heat, caption=f"Grad-CAM: evidence for {target.lower()}", width="stretch")
+    p_target = d.probability if target == "PNEUMONIA" else 1 - d.probability
+    explained.image(heat, width="stretch",
+                    caption=f"Grad-CAM: evidence for {target.lower()} (explains P({target.lower()}) = {p_target:.1%}; "
+                            + ("scaled by it)" if by_evidence else "normalised per image)"))
+
+scale = next(k for k in SCALES if (k == "Scaled by the evidence") == by_evidence)
+bar, legend = st.columns([1, 2])
+bar.image(colour_bar(), width="stretch")
+bar.markdown("<div style='display:flex;justify-content:space-between;font-size:0.8rem'><span>0: none</span>"
+             "<span>0.5</span><span>1</span></div>", unsafe_allow_html=True)
+legend.caption(f"Heatmap colours ({scale.lower()}): {SCALES[scale]}. Blue: no evidence for the class explained; red: "
+               "the most. Grad-CAM shows where the model found evidence, not what the finding is.")

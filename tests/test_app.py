@@ -327,3 +327,17 @@ def test_diagnose_shows_the_lungs_and_the_share_of_evidence_inside_them(shipped_
     at.toggle(key="dx_lungs").set_value(False).run()
     captions = [c for img in at.get("image") for c in img.captions]
     assert not any("lungs outlined" in c for c in captions)
+
+
+def test_diagnose_heatmaps_have_a_colour_scale_and_a_choice_of_scaling(shipped_models, samples_dir):
+    at = _app()
+    data = (samples_dir / "IM-0061-0001.jpeg").read_bytes()
+    at.file_uploader(key="dx_upload").set_value(("chest.jpeg", data, "image/jpeg")).run()
+    captions = [c for img in at.get("image") for c in img.captions if c.startswith("Grad-CAM")]
+    assert len(captions) == len(shipped_models) and all("normalised per image" in c for c in captions)
+    assert all("explains P(pneumonia) = " in c for c in captions)
+    assert any("Heatmap colours (normalised per image)" in c.value for c in at.caption)
+    at.radio(key="dx_scale").set_value("Scaled by the evidence").run()
+    captions = [c for img in at.get("image") for c in img.captions if c.startswith("Grad-CAM")]
+    assert not at.exception and all("scaled by it" in c for c in captions)
+    assert any("Heatmap colours (scaled by the evidence)" in c.value for c in at.caption)

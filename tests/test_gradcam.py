@@ -183,3 +183,18 @@ def test_maps_fail_the_model_randomisation_check_as_they_should(shipped_models, 
     after = [normalise(upsample(class_map(s, "PNEUMONIA"), (224, 224))) for s in signed]
     rho = [spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(before, after, strict=True) if a.max() > 0 and b.max() > 0]
     assert len(rho) > 10 and np.nanmean(rho) < 0.5, np.nanmean(rho)
+
+
+def test_a_map_scaled_by_the_evidence_keeps_weak_findings_faint():
+    from core.gradcam import colour_bar, colourise
+    from core.inference import Diagnosis
+
+    signed = np.array([[1.0, -2.0], [0.5, 0.0]], np.float32)
+    weak, strong = (Diagnosis("m", p, 0.5, signed) for p in (0.09, 0.98))
+    assert weak.heatmap((4, 4)).max() == strong.heatmap((4, 4)).max() == 1.0  # per image: both look as hot
+    assert weak.heatmap((4, 4), by_evidence=True).max() == pytest.approx(0.09)
+    assert strong.heatmap((4, 4), by_evidence=True).max() == pytest.approx(0.98)
+    assert weak.heatmap((4, 4), "NORMAL", by_evidence=True).max() == pytest.approx(0.91)
+    bar = colour_bar(100, 5)
+    assert bar.shape == (5, 100, 3) and (bar[0, 0] == colourise(np.zeros(1))[0]).all()
+    assert (bar[0, -1] == colourise(np.ones(1))[0]).all()

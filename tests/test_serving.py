@@ -108,3 +108,10 @@ def test_the_cli_goes_through_score(score_calls, shipped_models, tmp_path, capsy
     assert main(["--json", *map(str, files)]) == 0
     assert score_calls == [(2, tuple(shipped_models), True)]
     assert len(capsys.readouterr().out.strip().splitlines()) == 2 * len(shipped_models)
+
+
+def test_an_upload_keeps_its_original_resolution_for_viewing():
+    from core.inference import read_upload
+
+    upload = read_upload(encode(xray_like(900, 700), "PNG"), "big.png")
+    assert upload.gray.shape == (224, 224) and upload.original.shape == (900, 700)
