@@ -17,7 +17,8 @@ from typing import Any
 from core import LABELS
 from core.preprocessing import InputSpec
 
-__all__ = ["ModelCard", "DISCLAIMER", "INTENDED_USE", "LIMITATIONS", "THRESHOLD_RULES", "assemble_card"]
+__all__ = ["ModelCard", "DISCLAIMER", "INTENDED_USE", "LIMITATIONS", "THRESHOLD_RULES", "RECOMMENDATION_RULE",
+           "assemble_card", "recommended"]
 
 DISCLAIMER = (
     "Research and teaching tool for pediatric AP chest X-rays from one centre. "
@@ -39,6 +40,13 @@ THRESHOLD_RULES = {
     "youden": "maximise sensitivity + specificity - 1 on the validation split",
     "fixed": "0.5",
 }
+
+RECOMMENDATION_RULE = (
+    "The dashboard leads with the shipped model whose validation ROC AUC (val_metrics.roc_auc: the patient-level "
+    "validation split, never the test set) is highest; a tie goes to the model with fewer parameters. The other "
+    "models are shown beside it with whether they agree."
+)
+"""Which model Diagnose leads with, written into every card (``recommendation``)."""
 
 _OPTIONAL = ("soup", "wise_ft")  # written only when the model has them
 
@@ -75,6 +83,8 @@ class ModelCard:
     weights_file: str = "model.keras"
     intended_use: str = INTENDED_USE
     limitations: list[str] = field(default_factory=lambda: list(LIMITATIONS))
+    recommendation: dict[str, Any] = field(default_factory=lambda: {"rule": RECOMMENDATION_RULE,
+                                                                    "score": "val_metrics.roc_auc"})
 
     @property
     def spec(self) -> InputSpec:
@@ -104,8 +114,15 @@ _ORDER = (
     "name", "kind", "backbone", "input_shape", "preprocessing", "labels", "output", "threshold", "threshold_rule",
     "gradcam_layer", "parameters", "trainable_parameters_in_training", "config", "initialised_from", "seed", "soup",
     "wise_ft", "data", "best_epoch", "epochs_run", "val_metrics", "weights_file", "weights_sha256", "date",
-    "hardware", "training_time_s", "intended_use", "limitations",
+    "hardware", "training_time_s", "intended_use", "limitations", "recommendation",
 )
+
+
+def recommended(cards: list[ModelCard]) -> str | None:
+    """The model :data:`RECOMMENDATION_RULE` picks among ``cards`` (``None`` for none)."""
+    if not cards:
+        return None
+    return min(cards, key=lambda c: (-float(c.val_metrics["roc_auc"]), c.parameters, c.name)).name
 
 
 def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: int, trainable_parameters: int,

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.cards import recommended
 from core.gradcam import colour_bar, overlay
 from core.inference import label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
@@ -139,13 +140,27 @@ def outlined(rgb):
     return draw_outline(rgb, lungs) if lungs is not None else rgb
 
 
-for filename, gray, d in [r for r in results if r[0] == shown]:
+lead = recommended([ui.card(n) for n in names])
+rows = sorted([r for r in results if r[0] == shown], key=lambda r: r[2].model != lead)  # the recommended model first
+said = {d.model: label_for(d.probability, thresholds[d.model]) for _, _, d in rows}
+if lead in said and len(said) > 1:
+    agree = [n for n in said if n != lead and said[n] == said[lead]]
+    differ = [f"{n} says {said[n]} (P = {next(d for _, _, d in rows if d.model == n).probability:.0%})"
+              for n in said if n != lead and said[n] != said[lead]]
+    text = f"**{lead}**, the recommended model, says **{said[lead]}**. "
+    text += (f"{' and '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}." if agree else "")
+    text += (f" The models disagree: {'; '.join(differ)}. Read the X-ray yourself before trusting any of them."
+             if differ else " All models agree.")
+    (st.warning if differ else st.info)(text, icon=":material/groups:")
+    st.caption(f"Why this model leads: {ui.card(lead).recommendation['rule']}")
+
+for filename, gray, d in rows:
     label = label_for(d.probability, thresholds[d.model])
     heat = outlined(overlay(gray, d.heatmap(gray.shape, target, by_evidence), alpha=alpha))
     share = reading.lung_share(d.model)
     info, original, explained = st.columns(3)
     with info:
-        st.markdown(f"**{d.model}**")
+        st.markdown(f"**{d.model}**" + (" · recommended" if d.model == lead else ""))
         st.metric("P(pneumonia)", f"{d.probability:.1%}")
         st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.3f}", unsafe_allow_html=True)
         if share is not None:

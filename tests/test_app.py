@@ -341,3 +341,35 @@ def test_diagnose_heatmaps_have_a_colour_scale_and_a_choice_of_scaling(shipped_m
     captions = [c for img in at.get("image") for c in img.captions if c.startswith("Grad-CAM")]
     assert not at.exception and all("scaled by it" in c for c in captions)
     assert any("Heatmap colours (scaled by the evidence)" in c.value for c in at.caption)
+
+
+def test_diagnose_leads_with_the_recommended_model_and_states_agreement(shipped_models, samples_dir):
+    from core.cards import recommended
+    from core.registry import load_card
+
+    lead = recommended([load_card(n) for n in shipped_models])
+    at = _app()
+    data = (samples_dir / "person1314_virus_2269.jpeg").read_bytes()
+    at.file_uploader(key="dx_upload").set_value(("chest.jpeg", data, "image/jpeg")).run()
+    heads = [m.value for m in at.markdown if m.value.startswith("**") and m.value.split("**")[1] in shipped_models]
+    assert heads[0] == f"**{lead}** · recommended" and len(heads) == len(shipped_models)
+    summary = [a.value for a in [*at.info, *at.warning] if "the recommended model" in a.value]
+    assert len(summary) == 1 and ("All models agree." in summary[0] or "The models disagree" in summary[0])
+    assert any("Why this model leads" in c.value for c in at.caption)
+
+
+def test_the_recommendation_rule_uses_validation_results_only():
+    from dataclasses import replace
+
+    from core.cards import recommended
+    from core.registry import available_models, load_card
+
+    cards = [load_card(n) for n in available_models()]
+    if not cards:
+        pytest.skip("no shipped models")
+    best = max(cards, key=lambda c: c.val_metrics["roc_auc"])
+    assert recommended(cards) == best.name
+    worse = replace(best, val_metrics={**best.val_metrics, "roc_auc": 0.5})
+    assert recommended([worse if c is best else c for c in cards]) != best.name
+    tie = [replace(c, val_metrics={**c.val_metrics, "roc_auc": 0.9}) for c in cards]
+    assert recommended(tie) == min(cards, key=lambda c: c.parameters).name  # a tie: the smaller model
