@@ -83,7 +83,7 @@ def dashboard_server(timeout: float = 120, env: dict | None = None) -> Iterator[
         _stop(proc)
 
 
-def chromium(width: int = 1500, height: int = 1300):
+def chromium(width: int = 1500, height: int = 1300, download_dir: Path | None = None):
     """A headless Debian Chromium driven by chromedriver.
 
     Raises:
@@ -103,6 +103,9 @@ def chromium(width: int = 1500, height: int = 1300):
     options.binary_location = binary
     for flag in (*CHROMIUM_FLAGS, f"--window-size={width},{height}"):
         options.add_argument(flag)
+    if download_dir is not None:  # where clicked downloads land, without asking
+        options.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
+                                                  "download.prompt_for_download": False})
     return webdriver.Chrome(service=Service(driver_path), options=options)
 
 

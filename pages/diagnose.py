@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from core.cards import recommended
+from core.case_report import ReportModel, case_report
 from core.gradcam import colour_bar, overlay
 from core.inference import label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
@@ -187,6 +188,22 @@ for filename, gray, d in rows:
     explained.image(heat, width="stretch",
                     caption=f"Grad-CAM: evidence for {target.lower()} (explains P({target.lower()}) = {p_target:.1%}; "
                             + ("scaled by it)" if by_evidence else "normalised per image)"))
+
+def report(fmt: str) -> bytes:  # made when clicked
+    source = read[keys[shown]].original
+    models = [ReportModel(n, thresholds[n], ui.card(n).weights_sha256,
+                          "card" if thresholds[n] == round(float(ui.card(n).threshold), 3) else "set on screen")
+              for n in [r[2].model for r in rows]]
+    return case_report(source if source is not None else rows[0][1], reading, models, rows[0][2].model, target,
+                       by_evidence, fmt)
+
+
+st.markdown("**Case report** of this image: the X-ray, the leading model's heatmap with its scale, every model's "
+            "reading and threshold, the guard's verdict, the models' weight checksums, the date and the notice; "
+            "no file name or other patient identifier.")
+pdf, png, _ = st.columns([1, 1, 2])
+pdf.download_button("Case report (PDF)", lambda: report("pdf"), "case_report.pdf", "application/pdf", key="dx_report_pdf")
+png.download_button("Case report (PNG)", lambda: report("png"), "case_report.png", "image/png", key="dx_report_png")
 
 scale = next(k for k in SCALES if (k == "Scaled by the evidence") == by_evidence)
 bar, legend = st.columns([1, 2])

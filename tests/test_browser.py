@@ -16,17 +16,22 @@ pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts" / "browser"
 
 
-def new_driver():
+def new_driver(download_dir=None):
     """A headless Chromium, or a skip saying what is not installed."""
     try:
-        return chromium()
+        return chromium(download_dir=download_dir)
     except BrowserUnavailable as exc:
         pytest.skip(str(exc))
 
 
 @pytest.fixture(scope="module")
-def browser():
-    driver = new_driver()  # before any server: a skip must not leave one running
+def downloads(tmp_path_factory):
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def browser(downloads):
+    driver = new_driver(downloads)  # before any server: a skip must not leave one running
     yield driver
     driver.quit()
 
@@ -67,6 +72,22 @@ def test_upload_on_diagnose_shows_probability_and_heatmap(server, browser, shipp
     assert len(values) == len(shipped_models)
     with open(ARTIFACTS / "diagnose_upload_seconds.txt", "a") as f:
         f.write(f"second upload (models cached): {warm:.2f}\n")
+
+
+def test_the_case_report_downloads_as_a_pdf(server, browser, shipped_models, xrays, downloads):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    upload_and_wait(browser, server, xrays[0], len(shipped_models))
+    button = WebDriverWait(browser, 60).until(
+        lambda d: d.find_elements(By.XPATH, "//button[contains(., 'Case report (PDF)')]"))[0]
+    browser.execute_script("arguments[0].scrollIntoView();", button)
+    button.click()
+    report = downloads / "case_report.pdf"
+    WebDriverWait(browser, 120).until(lambda d: report.exists() and not list(downloads.glob("*.crdownload")))
+    data = report.read_bytes()
+    assert data.startswith(b"%PDF") and len(data) > 10_000
+    assert xrays[0].stem.encode() not in data  # no file name (it may carry a patient's name)
 
 
 @pytest.mark.slow
