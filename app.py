@@ -15,6 +15,7 @@ pages_shown = [
     st.Page("pages/compare.py", title="Compare models", icon=":material/compare:"),
     st.Page("pages/misclassified.py", title="Misclassified cases", icon=":material/search:"),
     st.Page("pages/models.py", title="Models", icon=":material/description:"),
+    st.Page("pages/site.py", title="Site operating point", icon=":material/tune:", url_path="site"),
 ]
 # Every page has its own address (a bookmark, a link in a message); the root opens Diagnose.
 home = st.Page(lambda: st.switch_page(diagnose), title="Start", url_path="start", default=True, visibility="hidden")

@@ -28,7 +28,7 @@ __all__ = [
     "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
     "read_uploads", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
     "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
-    "test_overlays", "identical_test_images", "sample_xrays", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
+    "test_overlays", "identical_test_images", "sample_xrays", "site_scores", "site_profile", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
 ]
 
 def ensure_app(page_file: str) -> None:
@@ -203,6 +203,33 @@ def test_image(filename: str, label: str) -> np.ndarray | None:
     if path is None or not path.exists():
         return None
     return inference.read_upload(path.read_bytes(), filename).gray
+
+
+@st.cache_data(show_spinner="Scoring your images…", max_entries=4)
+def site_scores(name: str, files: tuple[tuple[str, bytes], ...]) -> list[float | str]:
+    """P(pneumonia) of each of a site's files with one model, through the serving path (guard included); for
+    a file that cannot be read or that the guard withholds, why it is left out. Kept in memory only."""
+    model, guard, lungs = get_model(name), get_ood(), get_lungs()
+    out: list[float | str] = [""] * len(files)
+    grays, where = [], []
+    for i, (filename, content) in enumerate(files):
+        try:
+            grays.append(inference.read_upload(content, filename).gray)
+            where.append(i)
+        except ImageDecodeError as exc:
+            out[i] = f"not read: {exc}"
+    readings = []
+    for start in range(0, len(grays), 32):
+        readings += inference.score(grays[start : start + 32], [model], guard, lungs)
+    for i, reading in zip(where, readings, strict=True):
+        out[i] = ("withheld by the guard: " + reading.ood.warning) if reading.flagged \
+            else reading.diagnoses[name].probability
+    return out
+
+
+def site_profile(name: str):
+    """The site operating-point profile in use for a model in this session (pages/site.py), or ``None``."""
+    return st.session_state.get("site_profiles", {}).get(name)
 
 
 @st.cache_data(show_spinner=False)

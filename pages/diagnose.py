@@ -37,8 +37,14 @@ with st.sidebar:
         st.caption("Start at each model's card threshold (chosen on validation data, to 3 decimals); changes apply "
                    "to this view only.")
         for name in selected:
-            thresholds[name] = st.slider(name, 0.0, 1.0, round(float(ui.card(name).threshold), 3), 0.001,
-                                         format="%.3f", key=f"dx_thr_{name}")
+            site = ui.site_profile(name)
+            start = site.threshold if site is not None else float(ui.card(name).threshold)
+            thresholds[name] = st.slider(name + (f" (site '{site.site}')" if site else ""), 0.0, 1.0,
+                                         round(start, 3), 0.001, format="%.3f",
+                                         key=f"dx_thr_{name}" + (f"_site_{site.created}" if site else ""))
+        if any(ui.site_profile(n) for n in selected):
+            st.caption("A site operating point is in use (loaded on the Site operating point page); the model cards "
+                       "are unchanged.")
     alpha = st.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="dx_alpha")
     target = CLASS_CHOICES[st.radio("Grad-CAM explains", list(CLASS_CHOICES), key="dx_target")]
     by_evidence = st.radio("Heatmap scale", list(SCALES), key="dx_scale", help=SCALE_HELP) == "Scaled by the evidence"
@@ -163,7 +169,10 @@ for filename, gray, d in rows:
     with info:
         st.markdown(f"**{d.model}**" + (" · recommended" if d.model == lead else ""))
         st.metric("P(pneumonia)", f"{d.probability:.1%}")
-        st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.3f}", unsafe_allow_html=True)
+        site = ui.site_profile(d.model)
+        st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.3f}"
+                    + (f" (site '{site.site}')" if site is not None and thresholds[d.model] == round(site.threshold, 3)
+                       else ""), unsafe_allow_html=True)
         if share is not None:
             st.caption(f"{share:.0%} of the evidence for pneumonia lies inside the lungs found.")
             if share < 0.5:
@@ -191,9 +200,13 @@ for filename, gray, d in rows:
 
 def report(fmt: str) -> bytes:  # made when clicked
     source = read[keys[shown]].original
-    models = [ReportModel(n, thresholds[n], ui.card(n).weights_sha256,
-                          "card" if thresholds[n] == round(float(ui.card(n).threshold), 3) else "set on screen")
-              for n in [r[2].model for r in rows]]
+    def origin(n: str) -> str:
+        site = ui.site_profile(n)
+        if site is not None and thresholds[n] == round(site.threshold, 3):
+            return f"site '{site.site}'"
+        return "card" if thresholds[n] == round(float(ui.card(n).threshold), 3) else "set on screen"
+
+    models = [ReportModel(n, thresholds[n], ui.card(n).weights_sha256, origin(n)) for n in [r[2].model for r in rows]]
     return case_report(source if source is not None else rows[0][1], reading, models, rows[0][2].model, target,
                        by_evidence, fmt)
 

@@ -18,7 +18,7 @@ def _app(page=None):
 
 
 @pytest.mark.parametrize("page", ["pages/diagnose.py", "pages/test_metrics.py", "pages/compare.py",
-                                  "pages/misclassified.py", "pages/models.py"])
+                                  "pages/misclassified.py", "pages/models.py", "pages/site.py"])
 def test_every_page_renders(page, shipped_models):
     at = _app(page)
     assert at.title and not at.error
@@ -373,3 +373,32 @@ def test_the_recommendation_rule_uses_validation_results_only():
     assert recommended([worse if c is best else c for c in cards]) != best.name
     tie = [replace(c, val_metrics={**c.val_metrics, "roc_auc": 0.9}) for c in cards]
     assert recommended(tie) == min(cards, key=lambda c: c.parameters).name  # a tie: the smaller model
+
+
+def test_site_operating_point_from_a_zip_and_its_profile_in_use_on_diagnose(shipped_models, data_dir):
+    import io
+    import zipfile
+
+    from core.data import list_split
+    from core.site import SiteProfile
+
+    test = list_split(data_dir, "test")
+    picked = [s for s in test if s.label == 0][:10] + [s for s in test if s.label == 1][:10]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for s in picked:
+            z.writestr(f"site/{'PNEUMONIA' if s.label else 'NORMAL'}/{s.name}", s.path.read_bytes())
+    at = _app("pages/site.py")
+    at.file_uploader(key="site_zip").set_value(("site.zip", buf.getvalue(), "application/zip")).run()
+    assert not at.exception and not at.error
+    threshold = next(m for m in at.metric if m.label == "Threshold")
+    assert 0 <= float(threshold.value) <= 1
+    assert any("PPV" in m.value and "NPV" in m.value for m in at.markdown)
+    at.button(key="site_use").click().run()
+    model = at.selectbox(key="site_model").value
+    profile = at.session_state["site_profiles"][model]
+    assert isinstance(profile, SiteProfile) and f"{profile.threshold:.3f}" == threshold.value
+    at.switch_page("pages/diagnose.py").run()
+    assert not at.exception
+    slider = next(s for s in at.slider if s.label.startswith(f"{model} (site "))
+    assert slider.value == pytest.approx(round(profile.threshold, 3))

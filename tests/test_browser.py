@@ -90,6 +90,36 @@ def test_the_case_report_downloads_as_a_pdf(server, browser, shipped_models, xra
     assert xrays[0].stem.encode() not in data  # no file name (it may carry a patient's name)
 
 
+def test_a_site_profile_downloads_and_loads_back(server, browser, shipped_models, data_dir, downloads, tmp_path):
+    import zipfile
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from core.data import list_split
+
+    test = list_split(data_dir, "test")
+    archive = tmp_path / "site.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for s in [s for s in test if s.label == 0][:8] + [s for s in test if s.label == 1][:8]:
+            z.write(s.path, f"{'PNEUMONIA' if s.label else 'NORMAL'}/{s.name}")
+    wait = WebDriverWait(browser, 180)
+    browser.get(f"{server}/site")
+    inputs = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']")
+                        if len(d.find_elements(By.CSS_SELECTOR, "input[type='file']")) == 2 else False)
+    inputs[1].send_keys(str(archive))  # the zip (the first input takes a saved profile)
+    button = wait.until(lambda d: d.find_elements(By.XPATH, "//button[contains(., 'Download this operating point')]"))[0]
+    shown = browser.find_element(By.CSS_SELECTOR, "[data-testid='stMetricValue']").text
+    browser.execute_script("arguments[0].scrollIntoView();", button)
+    button.click()
+    saved = next(iter(wait.until(lambda d: list(downloads.glob("site_profile_*.json")))))
+    wait.until(lambda d: not list(downloads.glob("*.crdownload")))
+    browser.get(f"{server}/site")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "input[type='file']"))[0].send_keys(str(saved))
+    note = wait.until(lambda d: d.find_elements(By.XPATH, "//*[contains(text(), 'Using site')]"))[0].text
+    assert f"threshold {shown}" in note
+
+
 @pytest.mark.slow
 def test_warm_upload_is_quick(server, browser, shipped_models, xrays):
     """With the models cached, upload to result within 4 s (a timing limit: slow, needs a quiet machine)."""
@@ -164,12 +194,14 @@ def test_cold_deep_links_get_the_app_and_its_menu(shipped_models):
             def loaded(d):
                 seen.update(menu(d))
                 seen.update(n.text for n in d.find_elements(By.CSS_SELECTOR, "[data-testid='stSidebarNav'] a"))
-                return title(d, "Diagnose a chest X-ray") and len(menu(d)) == 5
+                return title(d, "Diagnose a chest X-ray") and len(menu(d)) == 6
 
             WebDriverWait(driver, 120, poll_frequency=0.2).until(loaded)
             assert not seen & {"app", "ui", "_ui"}, seen
-            assert menu(driver) == ["Diagnose", "Test metrics", "Compare models", "Misclassified cases", "Models"]
+            assert menu(driver) == ["Diagnose", "Test metrics", "Compare models", "Misclassified cases", "Models",
+                                    "Site operating point"]
             for path, text in [("/diagnose", "Diagnose a chest X-ray"), ("/compare", "Compare models"),
+                               ("/site", "Site operating point"),
                                ("/", "Diagnose a chest X-ray")]:
                 driver.get(url + path)
                 WebDriverWait(driver, 120).until(lambda d, text=text: title(d, text))
