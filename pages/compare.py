@@ -15,7 +15,7 @@ from pages import _ui as ui
 ui.ensure_app(__file__)
 
 # explanation quality against the true lung masks (metrics.json "explanation"), column -> key
-EXPLANATION = {"map energy in lungs": "lung_energy_mean", "pointing game": "pointing_game",
+EXPLANATION = {"lung energy": "lung_energy_mean", "pointing game": "pointing_game",
                "template index": "template_index"}
 
 st.title("Compare models")
@@ -46,7 +46,7 @@ for name in names:
     })
 # models as columns, measures as rows: every number stays visible at laptop widths, however many measures
 table = pd.DataFrame(rows).set_index("model").T
-higher = ["accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC", "PR AUC", "map energy in lungs",
+higher = ["accuracy", "sensitivity", "specificity", "precision", "F1", "ROC AUC", "PR AUC", "lung energy",
           "pointing game"]
 lower = ["parameters", "file size (MB)", "ms per image", "template index"]
 formats = {**dict.fromkeys(higher + ["threshold", "template index"], "{:.3f}"), "parameters": "{:,.0f}",
@@ -72,10 +72,10 @@ def _best(row: pd.Series) -> list[str]:
 
 shown = pd.DataFrame({c: [_cell(table.at[r, c], r) for r in table.index] for c in table.columns}, index=table.index)
 st.dataframe(shown.style.apply(lambda r: _best(table.loc[r.name]), axis=1), width="stretch",
-             height=36 * (len(table) + 1) + 2, key="cmp_table")
+             height=35 * (len(table) + 1) + 3, key="cmp_table")
 st.caption("Test-set metrics at each model's card threshold (chosen on validation), with 95 % bootstrap intervals "
            "(test images resampled within each class). ms per image: median time of one diagnosis (probability + "
-           "Grad-CAM) on this server. Map energy in lungs: share of the pneumonia map inside the true lung masks "
+           "Grad-CAM) on this server. Lung energy: share of the pneumonia map inside the true lung masks "
            "(the lungs cover about a third of the image); pointing game: share of images whose map peaks inside "
            "the lungs; template index: how much every image gets the same map (1 = always). Best value per column "
            "highlighted in each row.")

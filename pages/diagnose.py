@@ -154,10 +154,12 @@ if lead in said and len(said) > 1:
     agree = [n for n in said if n != lead and said[n] == said[lead]]
     differ = [f"{n} says {said[n]} (P = {next(d for _, _, d in rows if d.model == n).probability:.0%})"
               for n in said if n != lead and said[n] != said[lead]]
-    text = f"**{lead}**, the recommended model, says **{said[lead]}**. "
-    text += (f"{' and '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}." if agree else "")
-    text += (f" The models disagree: {'; '.join(differ)}. Read the X-ray yourself before trusting any of them."
-             if differ else " All models agree.")
+    text = f"**{lead}**, the recommended model, says **{said[lead]}**"
+    if not differ:
+        text += f"; {' and '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}: all models agree."
+    else:
+        text += (f"; {' and '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}" if agree else "")
+        text += f". The models disagree: {'; '.join(differ)}. Read the X-ray yourself before trusting any of them."
     (st.warning if differ else st.info)(text, icon=":material/groups:")
     st.caption(f"Why this model leads: {ui.card(lead).recommendation['rule']}")
 

@@ -18,9 +18,11 @@ names = ui.no_models_stop()
 
 def metric_table(rows: list[tuple[str, float, dict]]) -> None:
     """Validation and test metrics as one small table (metric tiles cut the numbers in a narrow column)."""
-    lines = ["| data | ROC AUC | accuracy | sensitivity | specificity |", "|---|---|---|---|---|"]
-    lines += [f"| {title} | {auc:.3f} | {m['accuracy']:.3f} | {m['sensitivity']:.3f} | {m['specificity']:.3f} |"
-              for title, auc, m in rows]
+    # measures as rows, data as columns: narrow enough for the right-hand column at laptop widths
+    lines = ["| measure | " + " | ".join(title for title, _, _ in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    lines += ["| ROC AUC | " + " | ".join(f"{auc:.3f}" for _, auc, _ in rows) + " |"]
+    lines += [f"| {key} | " + " | ".join(f"{m[key]:.3f}" for _, _, m in rows) + " |"
+              for key in ("accuracy", "sensitivity", "specificity")]
     st.markdown("\n".join(lines))
     st.caption("At the card threshold, which was chosen on the validation data.")
 
@@ -100,7 +102,7 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 """)
         with right:
             report = ui.metrics(name)
-            rows = [("validation", card.val_metrics["roc_auc"], card.val_metrics)]
+            rows = [("validation", card.val_metrics["roc_auc"], card.val_metrics)]  # (column title, ROC AUC, metrics)
             if report:
                 rows.append(("official test", report["roc_auc"], report["at_card_threshold"]))
             metric_table(rows)

@@ -354,7 +354,7 @@ def test_diagnose_leads_with_the_recommended_model_and_states_agreement(shipped_
     heads = [m.value for m in at.markdown if m.value.startswith("**") and m.value.split("**")[1] in shipped_models]
     assert heads[0] == f"**{lead}** · recommended" and len(heads) == len(shipped_models)
     summary = [a.value for a in [*at.info, *at.warning] if "the recommended model" in a.value]
-    assert len(summary) == 1 and ("All models agree." in summary[0] or "The models disagree" in summary[0])
+    assert len(summary) == 1 and ("all models agree." in summary[0] or "The models disagree" in summary[0])
     assert any("Why this model leads" in c.value for c in at.caption)
 
 
