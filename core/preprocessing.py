@@ -31,6 +31,8 @@ __all__ = [
     "model_view",
     "to_model_input",
     "keep_lungs",
+    "apply_window",
+    "fit_within",
     "preprocess",
     "DATASET_SIZE",
     "MAX_PIXELS",
@@ -269,3 +271,21 @@ def preprocess(data: bytes, spec: InputSpec, filename: str | None = None) -> np.
     """Bytes to one model input ``(H, W, C)``, in one call (a convenience for scripts and tests; the
     serving path, :mod:`core.inference`, decodes once and batches :func:`to_model_input`)."""
     return to_model_input(load_grayscale(data, filename=filename), spec)
+
+
+def apply_window(gray: np.ndarray, level: float, width: float) -> np.ndarray:
+    """A display window on a uint8 image, as a radiology viewer's window/level: grey levels from
+    ``level - width / 2`` to ``level + width / 2`` are stretched to 0-255, the rest clipped (uint8)."""
+    width = max(float(width), 1.0)
+    low = float(level) - width / 2
+    return np.clip((np.asarray(gray, np.float32) - low) * (255.0 / width), 0, 255).round().astype(np.uint8)
+
+
+def fit_within(gray: np.ndarray, max_side: int = 1600) -> np.ndarray:
+    """The image scaled down (Lanczos, aspect ratio kept) so that its longer side is at most ``max_side``;
+    unchanged when it already fits. For display only."""
+    h, w = gray.shape[:2]
+    if max(h, w) <= max_side:
+        return gray
+    scale = max_side / max(h, w)
+    return np.asarray(Image.fromarray(gray).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS))

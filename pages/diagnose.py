@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.express as px
 import streamlit as st
 
 from core.cards import recommended
@@ -11,7 +12,7 @@ from core.case_report import ReportModel, case_report
 from core.gradcam import colour_bar, overlay
 from core.inference import label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
-from core.preprocessing import model_view
+from core.preprocessing import apply_window, fit_within, model_view
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -163,11 +164,47 @@ if lead in said and len(said) > 1:
     (st.warning if differ else st.info)(text, icon=":material/groups:")
     st.caption(f"Why this model leads: {ui.card(lead).recommendation['rule']}")
 
+# The viewer: the X-ray at its own resolution (zoom and pan in the figure), a display window, and one model's map
+st.markdown("**Viewer**: the X-ray at its own resolution. Drag to zoom, double-click to reset; the window changes "
+            "only the display.")
+view_col, control_col = st.columns([3, 1])
+source_image = read[keys[shown]].original
+source_image = source_image if source_image is not None else rows[0][1]
+file_size = f"{source_image.shape[1]} × {source_image.shape[0]}"
+source_image = fit_within(source_image)  # a very large scan is shown at most 1600 pixels wide or high
+with control_col:
+    over = st.selectbox("Heatmap over the X-ray", ["none", *[r[2].model for r in rows]], index=1, key="dx_view_model")
+    level = st.slider("Window level (centre)", 0, 255, 128, key="dx_view_level")
+    width = st.slider("Window width", 1, 255, 255, key="dx_view_width")
+    lead_spec = ui.get_model(rows[0][2].model).spec
+    st.image(outlined(np.repeat(model_view(rows[0][1], lead_spec)[..., None], 3, axis=-1)), width="stretch",
+             caption="Input as the models see it (224 × 224"
+                     + (", histogram-equalised for the Lite0 models)" if lead_spec.equalize else ")")
+                     + (", lungs outlined" if lungs is not None else ""))
+shown_gray = apply_window(source_image, level, width)
+if over == "none":
+    picture = np.repeat(shown_gray[..., None], 3, axis=-1)
+else:
+    d_over = next(r[2] for r in rows if r[2].model == over)
+    picture = overlay(shown_gray, d_over.heatmap(shown_gray.shape, target, by_evidence), alpha=alpha)
+picture = draw_outline(picture, lungs) if lungs is not None else picture
+figure = px.imshow(picture, binary_string=True)
+aspect = source_image.shape[0] / source_image.shape[1]
+figure.update_layout(height=int(min(760, 800 * aspect)) + 30, margin={"l": 0, "r": 0, "t": 30, "b": 0}, dragmode="zoom",
+                     title={"text": (f"{over}: evidence for {target.lower()}" if over != "none" else "X-ray")
+                            + f" · file {file_size}"
+                            + (f", shown at {source_image.shape[1]} × {source_image.shape[0]}"
+                               if file_size != f"{source_image.shape[1]} × {source_image.shape[0]}" else ""),
+                            "font": {"size": 13}})
+figure.update_xaxes(visible=False)
+figure.update_yaxes(visible=False)
+view_col.plotly_chart(figure, key="dx_viewer", config={"scrollZoom": True, "displaylogo": False})
+
 for filename, gray, d in rows:
     label = label_for(d.probability, thresholds[d.model])
     heat = outlined(overlay(gray, d.heatmap(gray.shape, target, by_evidence), alpha=alpha))
     share = reading.lung_share(d.model)
-    info, original, explained = st.columns(3)
+    info, explained = st.columns([3, 2])
     with info:
         st.markdown(f"**{d.model}**" + (" · recommended" if d.model == lead else ""))
         st.metric("P(pneumonia)", f"{d.probability:.1%}")
@@ -190,11 +227,6 @@ for filename, gray, d in rows:
                            f"{filename.rsplit('.', 1)[0]}_{d.model}_gradcam.png", "image/png", key=f"dx_png_{d.model}",
                            help="The heatmap over the X-ray at the file's own resolution, with the lung outline "
                                 "when it is shown.")
-    spec = ui.get_model(d.model).spec
-    view = model_view(gray, spec)
-    original.image(outlined(np.repeat(view[..., None], 3, axis=-1)), width="stretch",
-                   caption="Input as the model sees it (224 × 224" + (", histogram-equalised)" if spec.equalize else ")")
-                   + (", lungs outlined" if lungs is not None else ""))
     p_target = d.probability if target == "PNEUMONIA" else 1 - d.probability
     explained.image(heat, width="stretch",
                     caption=f"Grad-CAM: evidence for {target.lower()} (explains P({target.lower()}) = {p_target:.1%}; "

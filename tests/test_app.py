@@ -1,5 +1,6 @@
 """Every dashboard page through Streamlit's AppTest (no browser)."""
 
+import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
@@ -323,7 +324,7 @@ def test_diagnose_shows_the_lungs_and_the_share_of_evidence_inside_them(shipped_
     shares = [c.value for c in at.caption if "lies inside the lungs found" in c.value]
     assert not at.exception and len(shares) == len(shipped_models)
     captions = [c for img in at.get("image") for c in img.captions]
-    assert sum("lungs outlined" in c for c in captions) == len(shipped_models)
+    assert sum("lungs outlined" in c for c in captions) == 1  # the input as the models see it, shown once
     at.toggle(key="dx_lungs").set_value(False).run()
     captions = [c for img in at.get("image") for c in img.captions]
     assert not any("lungs outlined" in c for c in captions)
@@ -402,3 +403,22 @@ def test_site_operating_point_from_a_zip_and_its_profile_in_use_on_diagnose(ship
     assert not at.exception
     slider = next(s for s in at.slider if s.label.startswith(f"{model} (site "))
     assert slider.value == pytest.approx(round(profile.threshold, 3))
+
+
+def test_diagnose_shows_the_xray_at_its_own_resolution_with_a_window(shipped_models, samples_dir):
+    from PIL import Image
+
+    from core.preprocessing import apply_window
+
+    path = samples_dir / "IM-0061-0001.jpeg"
+    at = _app()
+    at.file_uploader(key="dx_upload").set_value(("chest.jpeg", path.read_bytes(), "image/jpeg")).run()
+    assert not at.exception
+    w, h = Image.open(path).size
+    viewer = at.get("plotly_chart")[0]
+    assert f"file {w} × {h}, shown at 1600 × " in viewer.proto.spec  # the original, not 224 x 224
+    at.slider(key="dx_view_width").set_value(60).run()
+    at.selectbox(key="dx_view_model").set_value("none").run()
+    assert not at.exception
+    window = apply_window(np.array([0, 98, 128, 158, 255], np.uint8), 128, 60)
+    assert window.tolist() == [0, 0, 128, 255, 255]
