@@ -61,8 +61,15 @@ def test_upload_on_diagnose_shows_probability_and_heatmap(server, browser, shipp
     elapsed, metrics = upload_and_wait(browser, server, xrays[0], len(shipped_models))
     assert len(metrics) == len(shipped_models) and all(m.endswith("%") for m in metrics)
     images = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img, [data-testid='stFullScreenFrame'] img")
-    assert len(images) >= 2 * len(shipped_models)
+    assert len(images) >= len(shipped_models) + 2  # every map, the input as the models see it, the colour bar
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-testid='stException'], [data-testid='stAlertContentError']")
+    # the viewer: the X-ray at its own size in a zoomable figure
+    from PIL import Image
+
+    w, h = Image.open(xrays[0]).size
+    viewer = browser.find_elements(By.CSS_SELECTOR, "[data-testid='stPlotlyChart']")
+    assert viewer and f"file {w} × {h}" in viewer[0].text
+    assert viewer[0].find_elements(By.CSS_SELECTOR, ".modebar-btn[data-title*='Zoom']")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "diagnose_upload.png"))
     (ARTIFACTS / "diagnose_upload_seconds.txt").write_text(f"first upload (models loading): {elapsed:.2f}\n")
