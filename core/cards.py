@@ -14,6 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from core import LABELS
 from core.preprocessing import InputSpec
 
@@ -48,7 +50,7 @@ RECOMMENDATION_RULE = (
 )
 """Which model Diagnose leads with, written into every card (``recommendation``)."""
 
-_OPTIONAL = ("soup", "wise_ft")  # written only when the model has them
+_OPTIONAL = ("soup", "wise_ft", "calibration")  # written only when the model has them
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class ModelCard:
     weights_file: str = "model.keras"
     intended_use: str = INTENDED_USE
     limitations: list[str] = field(default_factory=lambda: list(LIMITATIONS))
+    calibration: dict[str, Any] | None = None  # temperature scaling fitted on validation (core.calibration)
     recommendation: dict[str, Any] = field(default_factory=lambda: {"rule": RECOMMENDATION_RULE,
                                                                     "score": "val_metrics.roc_auc"})
 
@@ -90,6 +93,20 @@ class ModelCard:
     def spec(self) -> InputSpec:
         """How this model wants its input."""
         return InputSpec.from_card(self)
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1 when the card has none)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
+
+    @property
+    def decision_threshold(self) -> float:
+        """The card threshold on the calibrated probabilities serving shows (the same labels: calibration keeps
+        the order); the threshold itself was chosen on the uncalibrated validation probabilities."""
+        if not self.calibration:
+            return float(self.threshold)
+        t = min(max(float(self.threshold), 1e-7), 1 - 1e-7)
+        return float(1.0 / (1.0 + np.exp(-np.log(t / (1 - t)) / self.temperature)))
 
     @property
     def notes(self) -> list[str]:
@@ -113,7 +130,7 @@ class ModelCard:
 _ORDER = (
     "name", "kind", "backbone", "input_shape", "preprocessing", "labels", "output", "threshold", "threshold_rule",
     "gradcam_layer", "parameters", "trainable_parameters_in_training", "config", "initialised_from", "seed", "soup",
-    "wise_ft", "data", "best_epoch", "epochs_run", "val_metrics", "weights_file", "weights_sha256", "date",
+    "wise_ft", "data", "best_epoch", "epochs_run", "val_metrics", "calibration", "weights_file", "weights_sha256", "date",
     "hardware", "training_time_s", "intended_use", "limitations", "recommendation",
 )
 
@@ -128,7 +145,7 @@ def recommended(cards: list[ModelCard]) -> str | None:
 def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: int, trainable_parameters: int,
                   threshold: float, val_metrics: dict, data: dict, history_len: int, best_epoch,
                   weights_sha256: str, hardware: str, training_time_s: float, init_sha: str | None = None,
-                  soup: dict | None = None, wise_ft: dict | None = None) -> ModelCard:
+                  soup: dict | None = None, wise_ft: dict | None = None, calibration: dict | None = None) -> ModelCard:
     """The card of a model a :class:`core.config.Recipe` just produced.
 
     Args:
@@ -148,6 +165,7 @@ def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: in
         init_sha: sha256 of the stage-1 model it started from, if any.
         soup: The weight-average record, if any.
         wise_ft: The WiSE-FT record, if any.
+        calibration: The temperature-scaling record (:func:`core.calibration.calibration_record`), if any.
     """
     return ModelCard(
         name=recipe.name,
@@ -173,4 +191,5 @@ def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: in
         date=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         hardware=hardware,
         training_time_s=round(training_time_s, 1),
+        calibration=calibration,
     )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.calibration import apply_temperature
 from core.errors import ImageDecodeError
 from core.gradcam import GradCam, class_map, normalise, upsample
 from core.lungs import implausible_lungs, lung_energy
@@ -82,7 +83,10 @@ class LoadedModel:
         self.name = name
         self.card = load_card(name, root)
         self.spec = self.card.spec
-        self.threshold = float(self.card.threshold)
+        # probabilities are shown calibrated (core.calibration; T = 1 without a calibration in the card), and the
+        # card threshold is mapped onto them, so every label is what the card threshold gives
+        self.temperature = self.card.temperature
+        self.threshold = self.card.decision_threshold
         self.keras_model = load_keras_model(name, root)
         # a lung-focused model sees only the lungs: it needs their mask before its own pass
         self.needs_lungs = bool(self.spec.lung_margin)
@@ -110,6 +114,8 @@ class LoadedModel:
             x = to_model_input(batch[part], self.spec, None if masks is None else np.asarray(masks)[part])
             probs, signed, *found = run(x)
             masks = found[0] >= LUNG_THRESHOLD if found and found[0] is not None else [None] * len(probs)
+            probs = apply_temperature(np.asarray(probs, np.float64), self.temperature) if self.temperature != 1.0 \
+                else probs
             out += [Diagnosis(self.name, float(p), self.threshold, s, m) for p, s, m in zip(probs, signed, masks,
                                                                                             strict=True)]
         return out

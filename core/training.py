@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 
 from core.augment import encoding_path
 from core.averaging import average_weights, soup_record, wise_ft
+from core.calibration import calibration_record
 from core.cards import assemble_card
 from core.checkpoints import Resumable, check_same_run, load_state, restore_counters, save_state, settings
 from core.config import Recipe
@@ -336,7 +337,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         weights_sha256=sha256_file(files.weights), hardware=hardware(),
         # every run's fitting (earlier calls included), plus this call's loading and scoring
         training_time_s=fitted + (time.time() - started - spent_now),
-        init_sha=start.sha256, soup=soup, wise_ft=wise,
+        init_sha=start.sha256, soup=soup, wise_ft=wise, calibration=calibration_record(data.y_va, val_prob),
     )
     write_card(files.folder, card)
     log.info("Wrote %s (val AUC %.4f, threshold %.4f)", files.folder, card.val_metrics["roc_auc"], threshold)

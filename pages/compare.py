@@ -29,7 +29,7 @@ for name in names:
     rows.append({
         "model": name,
         "backbone": card.backbone or "none (from scratch)",
-        "threshold": card.threshold,
+        "threshold": card.decision_threshold,
         "accuracy": m.get("accuracy"),
         "sensitivity": m.get("sensitivity"),
         "specificity": m.get("specificity"),
@@ -125,7 +125,7 @@ st.header("Where the models disagree")
 if both is None:
     st.info("No test predictions yet: run `python -m core.evaluate --model all`.")
     st.stop()
-labels = pd.DataFrame({n: [label_for(p, ui.card(n).threshold) for p in both[n]] for n in names})
+labels = pd.DataFrame({n: [label_for(p, ui.card(n).decision_threshold) for p in both[n]] for n in names})
 disagree = both[labels.nunique(axis=1) > 1].copy()
 for n in names:
     disagree[f"{n} label"] = labels.loc[disagree.index, n]

@@ -39,7 +39,7 @@ with st.sidebar:
                    "to this view only.")
         for name in selected:
             site = ui.site_profile(name)
-            start = site.threshold if site is not None else float(ui.card(name).threshold)
+            start = site.threshold if site is not None else ui.card(name).decision_threshold
             thresholds[name] = st.slider(name + (f" (site '{site.site}')" if site else ""), 0.0, 1.0,
                                          round(start, 3), 0.001, format="%.3f",
                                          key=f"dx_thr_{name}" + (f"_site_{site.created}" if site else ""))
@@ -238,7 +238,7 @@ def report(fmt: str) -> bytes:  # made when clicked
         site = ui.site_profile(n)
         if site is not None and thresholds[n] == round(site.threshold, 3):
             return f"site '{site.site}'"
-        return "card" if thresholds[n] == round(float(ui.card(n).threshold), 3) else "set on screen"
+        return "card" if thresholds[n] == round(ui.card(n).decision_threshold, 3) else "set on screen"
 
     models = [ReportModel(n, thresholds[n], ui.card(n).weights_sha256, origin(n)) for n in [r[2].model for r in rows]]
     return case_report(source if source is not None else rows[0][1], reading, models, rows[0][2].model, target,

@@ -60,6 +60,14 @@ def augmentation_text(cfg: dict) -> str:
     return ", ".join(parts)
 
 
+def calibration_text(cal: dict | None) -> str:
+    if not cal:
+        return "none: probabilities as the model gives them"
+    return (f"temperature scaling, T = {cal['temperature']:.2f}, fitted on {cal['fitted_on']}; validation ECE "
+            f"{cal['val_ece_before']:.3f} → {cal['val_ece_after']:.3f}, log-loss {cal['val_log_loss_before']:.3f} → "
+            f"{cal['val_log_loss_after']:.3f}")
+
+
 def input_text(card) -> str:
     pre, shape = card.preprocessing, card.input_shape
     text = f"{shape[0]} × {shape[1]} × {shape[2]}, "
@@ -90,7 +98,8 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 | Backbone | {card.backbone or 'none: trained from scratch'} |
 | Input | {input_text(card)} |
 | Parameters | {card.parameters:,} |
-| Decision threshold | {card.threshold:.4f}: {card.threshold_rule} |
+| Decision threshold | {card.decision_threshold:.3f} on the probability shown ({card.threshold:.4f} on the model's own output): {card.threshold_rule} |
+| Calibration | {calibration_text(card.calibration)} |
 | Grad-CAM layer | `{card.gradcam_layer}` |
 | Optimiser | Adam, learning rate {cfg['learning_rate']:g}; BCE, label smoothing {cfg['label_smoothing']} |
 | Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)}{'; every image re-encoded at random (resampling, blur, noise, JPEG)' if cfg.get('encoding_augment') else ''} |

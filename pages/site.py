@@ -50,7 +50,7 @@ if saved is not None:
         if profiles.get(profile.model) != profile:
             profiles[profile.model] = profile
         st.success(f"Using site '{profile.site}' for {profile.model}: threshold {profile.threshold:.3f} "
-                   f"(card: {ui.card(profile.model).threshold:.3f}).")
+                   f"(card: {ui.card(profile.model).decision_threshold:.3f}).")
 for model, profile in list(profiles.items()):
     left, right = st.columns([4, 1])
     left.markdown(f"**{model}**: site '{profile.site}' threshold **{profile.threshold:.3f}** ({profile.rule}, "
@@ -103,7 +103,7 @@ except ValueError as exc:
 ci = point["ci95"]
 cols = st.columns(4)
 cols[0].metric("Threshold", f"{point['threshold']:.3f}", help=f"95 % interval {interval_text(ci['threshold'])}; card "
-               f"threshold {ui.card(model).threshold:.3f}")
+               f"threshold {ui.card(model).decision_threshold:.3f}")
 cols[1].metric("Sensitivity", f"{point['sensitivity']:.3f}", help=f"95 % interval {interval_text(ci['sensitivity'])}")
 cols[2].metric("Specificity", f"{point['specificity']:.3f}", help=f"95 % interval {interval_text(ci['specificity'])}")
 cols[3].metric("ROC AUC", f"{point['roc_auc']:.3f}", help=f"95 % interval {interval_text(ci['roc_auc'])}")

@@ -8,6 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from sklearn.metrics import classification_report
 
+from core.calibration import apply_temperature, expected_calibration_error
 from core.evaluation import calibration_bins, interval_text, metrics_at
 from pages import _ui as ui
 
@@ -22,8 +23,8 @@ if df is None or report is None:
     st.stop()
 
 st.caption(f"Official test split: {len(df)} images ({int(df.y.sum())} pneumonia, {int((1 - df.y).sum())} normal). "
-           f"Card threshold {card.threshold:.3f}, chosen to {card.threshold_rule}.")
-threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, round(float(card.threshold), 3), 0.001,
+           f"Card threshold {card.decision_threshold:.3f}, chosen to {card.threshold_rule}.")
+threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, round(card.decision_threshold, 3), 0.001,
                       format="%.3f", key=f"tm_threshold_{name}")
 m = metrics_at(df.y, df.probability, threshold)
 cm = m["confusion_matrix"]
@@ -85,13 +86,29 @@ with left:
                       yaxis_title="Number of test images", height=380)
     st.plotly_chart(fig, key="tm_hist")
 with right:
-    bins = pd.DataFrame(calibration_bins(df.y, df.probability)).dropna()
-    fig = go.Figure([go.Scatter(x=bins.mean_predicted, y=bins.observed_rate, mode="lines+markers", name=name,
-                                text=bins["count"], hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}"),
-                     go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"},
+    # the probabilities shown are calibrated (temperature scaling fitted on validation); the model's own, before it
+    raw = apply_temperature(df.probability, 1 / card.temperature)
+    curves = [("calibrated (shown)", df.probability, ui.model_colour(name))]
+    if card.calibration:
+        curves.insert(0, ("before calibration", raw, "#b0b0b0"))
+    fig = go.Figure([go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "grey"},
                                 name="perfectly calibrated")])
+    for title, prob, colour in curves:
+        bins = pd.DataFrame(calibration_bins(df.y, prob)).dropna()
+        fig.add_trace(go.Scatter(x=bins.mean_predicted, y=bins.observed_rate, mode="lines+markers",
+                                 name=f"{title}: ECE {expected_calibration_error(df.y, prob):.3f}",
+                                 line={"color": colour}, text=bins["count"],
+                                 hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}"))
     fig.update_layout(title="Reliability (calibration) curve", xaxis_title="Mean predicted P(pneumonia)",
                       yaxis_title="Observed fraction with pneumonia", height=380)
     st.plotly_chart(fig, key="tm_calibration")
-    st.caption(f"Brier score {report['brier']:.3f}. Label smoothing (0.1) keeps probabilities away from 0 and 1 by design.")
+    cal = card.calibration
+    st.caption((f"Temperature scaling, T = {cal['temperature']:.2f}, fitted on {cal['fitted_on']} (validation ECE "
+                f"{cal['val_ece_before']:.3f} → {cal['val_ece_after']:.3f}); on this test set, expected calibration "
+                f"error {expected_calibration_error(df.y, raw):.3f} before → "
+                f"{expected_calibration_error(df.y, df.probability):.3f} after. " if cal else "No calibration in this "
+                "model's card. ")
+               + f"Brier score {report['brier']:.3f}. Label smoothing (0.1) keeps the model's own probabilities away "
+                 "from 0 and 1 by design; the test set is shifted from the validation data, so calibration fitted "
+                 "there need not hold here.")
 

@@ -224,7 +224,7 @@ def test_misclassified_counts_match_the_predictions(shipped_models):
     name = at.selectbox(key="mc_model").value
     df = predictions(name)
     slider = at.slider(key=f"mc_threshold_{name}")
-    assert slider.value == pytest.approx(round(load_card(name).threshold, 3))
+    assert slider.value == pytest.approx(round(load_card(name).decision_threshold, 3))
     for threshold in (slider.value, 0.2, 0.9):
         at.slider(key=f"mc_threshold_{name}").set_value(threshold).run()
         fp = int(((df.y == 0) & (df.probability >= threshold)).sum())
@@ -297,7 +297,7 @@ def test_metrics_page_shows_undefined_precision_and_the_exact_threshold(shipped_
     at = _app("pages/test_metrics.py")
     name = at.selectbox(key="tm_model").value
     slider = at.slider(key=f"tm_threshold_{name}")
-    assert slider.value == pytest.approx(round(load_card(name).threshold, 3))
+    assert slider.value == pytest.approx(round(load_card(name).decision_threshold, 3))
     slider.set_value(1.0).run()
     precision = next(m for m in at.metric if m.label == "Precision")
     assert not at.exception and precision.value == "n/a"

@@ -37,7 +37,8 @@ def test_readme_cli_modules_exist_and_every_cli_is_documented():
 
 
 def test_layout_names_every_module_and_links_resolve():
-    layout = README.split("## Layout", 1)[1]
+    layout = (ROOT / "docs" / "architecture.md").read_text()
+    assert "docs/architecture.md" in README.split("## Layout", 1)[1]
     assert not [p.name for p in CORE if f" {p.name} " not in layout]
     for link in re.findall(r"\]\(((?:docs|models)/[^)#]+)\)", README):
         assert (ROOT / link).exists(), link

@@ -50,7 +50,7 @@ def test_metrics_json_follows_from_the_predictions(shipped_models):
         y = np.array([r["label"] == "PNEUMONIA" for r in rows], int)
         p = np.array([float(r["probability"]) for r in rows])
         shipped = json.loads((models_dir() / name / "metrics.json").read_text())
-        again = full_report(y, p, load_card(name).threshold)
+        again = full_report(y, p, load_card(name).decision_threshold)
         assert len(rows) == shipped["n"]
         for key in ("roc_auc", "pr_auc"):
             assert again[key] == pytest.approx(shipped[key], abs=1e-9)
