@@ -127,6 +127,27 @@ def test_a_site_profile_downloads_and_loads_back(server, browser, shipped_models
     assert f"threshold {shown}" in note
 
 
+def test_the_models_page_fits_a_1366_pixel_screen(server, shipped_models):
+    """Every metric on the Models page reads in full at 1366 px (metric tiles used to cut them to '0.9…')."""
+    import re
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = new_driver()
+    try:
+        driver.set_window_size(1366, 900)
+        driver.get(f"{server}/models")
+        table = WebDriverWait(driver, 120).until(
+            lambda d: [t for t in d.find_elements(By.CSS_SELECTOR, "table") if "ROC AUC" in t.text])[0]
+        cells = [c for c in table.find_elements(By.CSS_SELECTOR, "td") if re.fullmatch(r"[\d.…]+", c.text)]
+        assert len(cells) >= 8 and all(re.fullmatch(r"\d\.\d{3}", c.text) for c in cells), [c.text for c in cells]
+        right_edge = driver.execute_script("return document.documentElement.clientWidth")
+        assert all(c.rect["x"] + c.rect["width"] <= right_edge for c in cells)  # nothing runs off the screen
+    finally:
+        driver.quit()
+
+
 @pytest.mark.slow
 def test_warm_upload_is_quick(server, browser, shipped_models, xrays):
     """With the models cached, upload to result within 4 s (a timing limit: slow, needs a quiet machine)."""
