@@ -72,8 +72,8 @@ def main(argv=None) -> int:
     import dataclasses
 
     from core.data import find_data_dir, list_split, load_images, split_train_val
+    from core.preprocessing import to_model_input
     from core.registry import available_models, load_card, load_keras_model, models_dir, write_card
-    from core.training import predict_arrays
 
     parser = argparse.ArgumentParser(prog="python -m core.calibration", description=main.__doc__)
     parser.add_argument("--model", default="all")
@@ -84,7 +84,9 @@ def main(argv=None) -> int:
     for name in names:
         card = load_card(name)
         _, val = split_train_val(list_split(data_dir, "train"), card.config["val_fraction"], card.config["seed"])
-        raw = predict_arrays(load_keras_model(name), load_images(val), card.spec)
+        model, gray = load_keras_model(name), load_images(val)
+        raw = np.concatenate([model.predict(to_model_input(gray[i : i + 64], card.spec), verbose=0)[:, 0]
+                              for i in range(0, len(gray), 64)])
         record = calibration_record([s.label for s in val], raw)
         write_card(models_dir() / name, dataclasses.replace(card, calibration=record))
         print(f"{name:10s} T = {record['temperature']:.3f}  validation ECE {record['val_ece_before']:.4f} -> "

@@ -287,10 +287,9 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     if recipe.wise_ft_alpha != 1.0 and not (recipe.init_from and 0 <= recipe.wise_ft_alpha <= 1):
         raise ValueError("WiSE-FT needs a stage-1 model to start from ('init_from') and an alpha between 0 and 1.")
     started = time.time()
-    shipped = out_root is None or Path(out_root).resolve() == models_dir().resolve()
     out_root = Path(out_root or models_dir())
-    # a candidate's runs are kept apart from the shipped recipe's
-    run_dir = cache_dir() / "runs" / (recipe.name if shipped else f"{out_root.resolve().name}-{recipe.name}")
+    # a candidate's runs (a folder not called models/, e.g. candidates/v7) are kept apart from the shipped recipe's
+    run_dir = cache_dir() / "runs" / (recipe.name if out_root.name == "models" else f"{out_root.name}-{recipe.name}")
     if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

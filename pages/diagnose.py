@@ -125,7 +125,7 @@ if len(files) > 1:
 
     table = pd.DataFrame([row(f) for f, _ in files]).fillna("—")
     st.subheader("All files")
-    st.dataframe(table, hide_index=True, width="stretch", height=36 * (len(table) + 1) + 2, key="dx_table")
+    st.dataframe(table, hide_index=True, width="stretch", height=36 * (min(len(table), 16) + 1) + 2, key="dx_table")
     st.download_button("Download table (CSV)", table.to_csv(index=False).encode(), "diagnoses.csv", "text/csv",
                        key="dx_csv")
     choices = list(dict.fromkeys(f for f, _, _ in results))
