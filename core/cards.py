@@ -105,6 +105,7 @@ class ModelCard:
         the order); the threshold itself was chosen on the uncalibrated validation probabilities."""
         if not self.calibration:
             return float(self.threshold)
+        # core.calibration.apply_temperature, written out: cards must not import it (its CLI reads cards)
         t = min(max(float(self.threshold), 1e-7), 1 - 1e-7)
         return float(1.0 / (1.0 + np.exp(-np.log(t / (1 - t)) / self.temperature)))
 

@@ -124,11 +124,8 @@ def _draw(image, reading, models, lead, target, by_evidence, fmt, when) -> bytes
              va="top")
     fig.text(0.06, 0.06, _plain(DISCLAIMER), fontsize=8, wrap=True, color="#8a1c1c")
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=150 if fmt == "png" else None, metadata=_metadata(fmt))
+    # no author or software path in the file; a title only
+    fig.savefig(buf, format=fmt, dpi=150 if fmt == "png" else None, metadata={"Title": "Chest X-ray model readings"})
     plt.close(fig)
     return buf.getvalue()
 
-
-def _metadata(fmt: str) -> dict:
-    # no author or software path in the file; a title only
-    return {"Title": "Chest X-ray model readings"} if fmt in ("pdf", "png") else {}

@@ -31,17 +31,13 @@ def choose_threshold(y_true, prob, rule: str = "youden") -> float:
         return 0.5
     if rule != "youden":
         raise ValueError(f"Unknown threshold rule {rule!r}. Available: youden, fixed")
-    y_true, prob = np.asarray(y_true), np.asarray(prob, dtype=np.float64)
-    candidates = np.unique(prob)
-    best, best_j = 0.5, -np.inf
-    for t in candidates:
-        pred = prob >= t
-        sens = pred[y_true == 1].mean()
-        spec = (~pred[y_true == 0]).mean()
-        j = sens + spec - 1
-        if j > best_j + 1e-12 or (abs(j - best_j) <= 1e-12 and abs(t - 0.5) < abs(best - 0.5)):
-            best, best_j = float(t), j
-    return best
+    # every distinct probability is a candidate (drop_intermediate=False keeps them all; the first, +inf, calls
+    # nothing pneumonia and never wins)
+    fpr, tpr, candidates = skm.roc_curve(np.asarray(y_true), np.asarray(prob, dtype=np.float64),
+                                         drop_intermediate=False)
+    j, candidates = (tpr - fpr)[1:], candidates[1:]
+    best = np.flatnonzero(j >= j.max() - 1e-12)
+    return float(candidates[best[np.argmin(np.abs(candidates[best] - 0.5))]])
 
 
 def metrics_at(y_true, prob, threshold: float) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from core.errors import ImageDecodeError
+from core.evaluation import choose_threshold
 
 __all__ = ["LabelledFile", "read_labelled_zip", "read_labelled_files", "operating_point", "predictive_values",
            "SiteProfile", "profile_from_json", "MAX_FILES", "MAX_TOTAL_BYTES"]
@@ -118,11 +119,10 @@ def predictive_values(sensitivity: float, specificity: float, prevalence: float)
 
 
 def _choose(y, p, rule: str, sensitivity: float) -> float:
+    if rule == "youden":
+        return choose_threshold(y, p, "youden")  # the rule the cards use
     fpr, tpr, thresholds = skm.roc_curve(y, p)
     thresholds = np.minimum(thresholds, 1.0)  # sklearn's first threshold is +inf
-    if rule == "youden":
-        best = np.flatnonzero((tpr - fpr) == (tpr - fpr).max())
-        return float(thresholds[best[np.argmin(np.abs(thresholds[best] - 0.5))]])
     if rule == "sensitivity":
         ok = np.flatnonzero(tpr >= sensitivity)
         return float(thresholds[ok[0]])  # the highest threshold that keeps it: the best specificity
