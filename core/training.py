@@ -12,9 +12,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,11 +49,12 @@ class Batches(keras.utils.PyDataset):
 
     def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, encoding=False,
                  lungs=None, margin_jitter=0, **kw):
-        super().__init__(**kw)
+        super().__init__(**{"workers": data_workers(), **kw})
         self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
         self.batch_size, self.shuffle, self.weights, self.encoding = batch_size, shuffle, weights, encoding
         self.lungs, self.margin_jitter = lungs, margin_jitter  # a lung-focused spec: masks, margin ± jitter
-        self._rng = np.random.default_rng(seed)
+        self._seed, self._epoch = seed, 0
+        self._rng = np.random.default_rng(seed)  # the order only; each batch draws from its own generator
         self._order = np.arange(len(gray))
         if shuffle:
             self._rng.shuffle(self._order)
@@ -62,22 +65,25 @@ class Batches(keras.utils.PyDataset):
     def __getitem__(self, i):
         idx = self._order[i * self.batch_size : (i + 1) * self.batch_size]
         gray = self.gray[idx]
+        # one generator per (seed, epoch, batch): the same draws whichever worker thread makes the batch
+        rng = np.random.default_rng((self._seed, self._epoch, i))
         if self.encoding:
-            gray = np.stack([encoding_path(g, self._rng) for g in gray])
-        x = to_model_input(gray, self.spec, *self._lungs(idx))
+            gray = np.stack([encoding_path(g, rng) for g in gray])
+        x = to_model_input(gray, self.spec, *self._lungs(idx, rng))
         y = self.labels[idx][:, None]
         if self.weights is None:
             return x, y
         return x, y, self.weights[self.labels[idx].astype(int)]
 
-    def _lungs(self, idx) -> tuple:
+    def _lungs(self, idx, rng) -> tuple:
         """(masks, margins) for a lung-focused spec; margins drawn per image when jittered."""
         if self.lungs is None:
             return ()
         m, j = self.spec.lung_margin, self.margin_jitter
-        return self.lungs[idx], (self._rng.integers(m - j, m + j + 1, len(idx)) if j else None)
+        return self.lungs[idx], (rng.integers(m - j, m + j + 1, len(idx)) if j else None)
 
     def on_epoch_end(self):
+        self._epoch += 1
         if self.shuffle:
             self._rng.shuffle(self._order)
 
@@ -164,6 +170,20 @@ def _fit_images(recipe: Recipe, model, data: _Data, run_dir: Path, state: dict):
     return keras.saving.load_model(run_dir / "best.keras", compile=False)
 
 
+def data_workers() -> int:
+    """Threads that make training batches (``PNEUMONIA_DATA_WORKERS``, default 1): the re-encoding runs in
+    Pillow, which releases the GIL, so a machine with many cores and an accelerator can keep it fed."""
+    return max(1, int(os.environ.get("PNEUMONIA_DATA_WORKERS", "1")))
+
+
+def encode_all(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One re-encoded view of each image (:func:`core.augment.encoding_path`), on :func:`data_workers` threads;
+    each image draws from its own generator, spawned from ``rng``, so the result does not depend on the threads."""
+    seeds = rng.spawn(len(gray))
+    with ThreadPoolExecutor(data_workers()) as pool:
+        return np.stack(list(pool.map(lambda g, r: encoding_path(g, r), gray, seeds)))
+
+
 ENCODED_VIEWS = 3  # re-encoded views per training image, beside the image itself, for a frozen backbone
 
 
@@ -182,7 +202,7 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
         features = keras.Model(model.input, model.get_layer("avg_pool").output)
         rng = np.random.default_rng(recipe.seed)
         n_views = 1 + (ENCODED_VIEWS if recipe.encoding_augment else 0)
-        views = [data.x_tr] + [np.stack([encoding_path(g, rng) for g in data.x_tr]) for _ in range(n_views - 1)]
+        views = [data.x_tr] + [encode_all(data.x_tr, rng) for _ in range(n_views - 1)]
         lungs = None if data.m_tr is None else np.concatenate([data.m_tr] * n_views)
         f_tr = _outputs(features, np.concatenate(views), data.spec, lungs=lungs).astype(np.float32)
         f_va = _outputs(features, data.x_va, data.spec, lungs=data.m_va).astype(np.float32)
