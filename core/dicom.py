@@ -16,6 +16,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 
 from core.errors import ImageDecodeError
+from core.rawimage import RawImage
 
 __all__ = ["decode_dicom", "read_dicom", "dicom_summary", "is_dicom"]
 
@@ -60,16 +61,19 @@ def decode_dicom(data: bytes, filename: str | None = None) -> np.ndarray:
     Raises:
         ImageDecodeError: No pixel data, an unreadable compression, or a damaged file.
     """
-    return _pixels(_read(data, filename), filename)
+    return _pixels(_read(data, filename), filename)[0]
 
 
-def read_dicom(data: bytes, filename: str | None = None) -> tuple[np.ndarray, dict]:
-    """Parse a DICOM file once: its image (as :func:`decode_dicom`) and its :func:`dicom_summary`."""
+def read_dicom(data: bytes, filename: str | None = None) -> tuple[np.ndarray, dict, RawImage | None]:
+    """Parse a DICOM file once: its image (as :func:`decode_dicom`), its :func:`dicom_summary`, and for a
+    grayscale file its values after the modality LUT with its window (:class:`core.rawimage.RawImage`)."""
     ds = _read(data, filename)
-    return _pixels(ds, filename), _summary(ds)
+    gray, raw = _pixels(ds, filename)
+    return gray, _summary(ds), raw
 
 
-def _pixels(ds, filename: str | None) -> np.ndarray:
+def _pixels(ds, filename: str | None) -> tuple[np.ndarray, RawImage | None]:
+    """The 8-bit image the models read, and for a grayscale file its values before any window."""
     name = _name(filename)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageDecodeError(f"{name} has no image in it (a DICOM header without pixel data).")
@@ -91,15 +95,22 @@ def _pixels(ds, filename: str | None) -> np.ndarray:
         rgb = arr if photometric == "RGB" else _to_rgb(arr, ds)
         rgb = np.asarray(rgb, np.float64)
         rgb = (rgb - rgb.min()) / max(float(rgb.max() - rgb.min()), 1e-9) * 255
-        return np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("L"))
+        return np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("L")), None
     arr = apply_modality_lut(arr, ds).astype(np.float64)
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if "VOILUTSequence" in ds:
         unit = _to_unit(apply_voi_lut(arr, ds).astype(np.float64))
     else:
-        unit = _to_unit(arr, _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth")))
-    if photometric == "MONOCHROME1":
+        unit = _to_unit(arr, center, width)
+    invert = photometric == "MONOCHROME1"
+    if invert:
         unit = 1.0 - unit
-    return np.round(unit * 255).astype(np.uint8)
+    if center is None or width is None or width < 1:  # no linear window of its own: the values' range
+        lo, hi = float(arr.min()), float(arr.max())
+        center, width = lo + (hi - lo) / 2 + 0.5, hi - lo + 1.0  # exactly the min-max scaling above
+    units = "HU" if str(ds.get("RescaleType", "")).upper() == "HU" else "value"
+    raw = RawImage(arr.astype(np.float32), float(center), float(width), invert, units)
+    return np.round(unit * 255).astype(np.uint8), raw
 
 
 def _to_rgb(arr, ds):

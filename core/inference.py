@@ -26,7 +26,8 @@ from core.errors import ImageDecodeError
 from core.gradcam import GradCam, class_map, normalise, upsample
 from core.lungs import implausible_lungs, lung_energy
 from core.ood import OODCheck, OODResult
-from core.preprocessing import decode_upload, squash, to_model_input
+from core.preprocessing import decode_full, squash, to_model_input
+from core.rawimage import RawImage
 from core.registry import load_card, load_keras_model, lungs_files
 from core.segmenter import TAPS, LungSegmenter
 from core.segmenter import THRESHOLD as LUNG_THRESHOLD
@@ -139,6 +140,7 @@ class Upload:
     gray: np.ndarray  # (224, 224) uint8, squashed as the dataset images were made
     dicom: dict | None = None
     original: np.ndarray | None = None  # the decoded image at its own resolution (uint8), for viewing only
+    raw: RawImage | None = None  # its values before any window (DICOM, 16-bit files), for the viewer's window
 
 
 def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None = None) -> Upload:
@@ -155,8 +157,8 @@ def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None 
     if max_bytes is not None and len(data) > max_bytes:
         limit_mb = max_bytes / 2**20
         raise ImageDecodeError(f"'{filename or 'This file'}' is {len(data) / 2**20:.0f} MB; the limit is {limit_mb:.0f} MB.")
-    gray, dicom = decode_upload(data, filename)
-    return Upload(filename, squash(gray), dicom, gray)
+    gray, dicom, raw = decode_full(data, filename)
+    return Upload(filename, squash(gray), dicom, gray, raw)
 
 
 def read_file(path: str | Path) -> bytes:

@@ -19,6 +19,7 @@ from scipy import ndimage
 
 from core.dicom import is_dicom, read_dicom
 from core.errors import ImageDecodeError
+from core.rawimage import RawImage
 
 __all__ = [
     "ImageDecodeError",
@@ -98,18 +99,26 @@ def _refuse(message: str) -> ImageDecodeError:
     return ImageDecodeError(message)
 
 
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def _high_bit_range(arr: np.ndarray) -> tuple[float, float]:
+    """(offset, full scale) of a high-bit-depth image: the smallest 2**k - 1 range (8, 10, 12, 14 or 16 bits)
+    that holds the data, shifted up when it has negative values."""
+    lo, hi = float(np.min(arr)), float(np.max(arr))
+    if hi <= lo:
+        raise _refuse("This image is a single flat colour: there is no X-ray to read in it.")
+    offset = min(lo, 0.0)
+    return offset, float(2 ** max(8, int(np.ceil(np.log2(hi - offset + 1)))) - 1)
+
+
 def _to_uint8_gray(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # High bit depth: scale by the smallest 2**k - 1 range that holds the data (8, 10,
-        # 12, 14 or 16 bits), so contrast is kept as an 8-bit export of it would have it.
+    if img.mode in HIGH_BIT_MODES:
+        # High bit depth: scale by the smallest 2**k - 1 range that holds the data, so contrast is kept
+        # as an 8-bit export of it would have it.
         arr = np.asarray(img, dtype=np.float64)
-        lo, hi = float(np.min(arr)), float(np.max(arr))
-        if hi <= lo:
-            raise _refuse("This image is a single flat colour: there is no X-ray to read in it.")
-        if lo < 0:
-            arr, hi = arr - lo, hi - lo
-        bits = max(8, int(np.ceil(np.log2(hi + 1))))
-        return np.round(arr / (2**bits - 1) * 255).astype(np.uint8)
+        offset, scale = _high_bit_range(arr)
+        return np.round((arr - offset) / scale * 255).astype(np.uint8)
     if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
@@ -136,18 +145,24 @@ def decode_image(data: bytes, filename: str | None = None) -> np.ndarray:
 def decode_upload(data: bytes, filename: str | None = None) -> tuple[np.ndarray, dict | None]:
     """As :func:`decode_image`, and for a DICOM file also its safe header summary
     (:func:`core.dicom.dicom_summary`; ``None`` for other formats). The file is parsed once."""
+    return decode_full(data, filename)[:2]
+
+
+def decode_full(data: bytes, filename: str | None = None) -> tuple[np.ndarray, dict | None, RawImage | None]:
+    """As :func:`decode_upload`, and the image's values before any display window where the file holds more
+    than 8 bits (grayscale DICOM, 16-bit PNG or TIFF; else ``None``), for a viewer's window/level."""
     name = f"'{filename}'" if filename else "This file"
     if not data:
         raise _refuse(f"{name} is empty (0 bytes).")
     if is_dicom(data):
         try:
-            arr, summary = read_dicom(data, filename)
+            arr, summary, raw = read_dicom(data, filename)
         except ImageDecodeError:
             raise
         except Exception as exc:  # untrusted input: any decoder failure is the file's fault
             raise _refuse(f"{name} is a DICOM file whose image cannot be decoded ({type(exc).__name__}).") from None
         _check_geometry(arr, name)
-        return arr, summary
+        return arr, summary, raw
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -163,6 +178,7 @@ def decode_upload(data: bytes, filename: str | None = None) -> tuple[np.ndarray,
             img.load()
             img = ImageOps.exif_transpose(img)
             arr = _to_uint8_gray(img)
+            raw = _raw_of(img)
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -179,7 +195,16 @@ def decode_upload(data: bytes, filename: str | None = None) -> tuple[np.ndarray,
     except Exception as exc:  # untrusted input: decoders raise odd types (struct.error, IndexError…)
         raise _refuse(f"{name} looks damaged and cannot be decoded ({type(exc).__name__}).") from None
     _check_geometry(arr, name)
-    return arr, None
+    return arr, None, raw
+
+
+def _raw_of(img: Image.Image) -> RawImage | None:
+    """A high-bit-depth image's own values, its default window the one :func:`_to_uint8_gray` shows it with."""
+    if img.mode not in HIGH_BIT_MODES:
+        return None
+    values = np.asarray(img, dtype=np.float32)
+    offset, scale = _high_bit_range(values)
+    return RawImage(values, offset + scale / 2 + 0.5, scale + 1)  # exactly the 8-bit mapping
 
 
 def _check_geometry(arr: np.ndarray, name: str) -> None:

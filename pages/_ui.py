@@ -322,3 +322,22 @@ def model_colour(name: str) -> str:
 
 if __name__ == "__main__":  # opened as a page (a cold server's /ui): this module is no page, go to the app
     st.switch_page("app.py")
+
+
+def raw_window_sliders(raw, key: str) -> tuple[float, float]:
+    """Window level and width sliders in a file's own values (:class:`core.rawimage.RawImage`), starting at the
+    file's own window; returns (level, width)."""
+    lo, hi = raw.low, raw.high
+    span = max(hi - lo, 1.0)
+    if raw.integral:
+        lo, hi, span = int(lo), int(hi), int(span)
+        centre, width, step, top = int(round(min(max(raw.center, lo), hi))), int(round(min(max(raw.width, 1), 2 * span))), 1, 2 * span
+    else:
+        step = span / 1000
+        centre, width, top = float(min(max(raw.center, lo), hi)), float(min(max(raw.width, step), 2 * span)), 2 * span
+    unit = "HU" if raw.units == "HU" else "file values"
+    level = st.slider(f"Window level (centre, {unit})", lo, hi, centre, step=step, key=f"{key}_level")
+    width = st.slider(f"Window width ({unit})", step, top, width, step=step, key=f"{key}_width")
+    st.caption(f"The window works on the file's own values ({lo:g} to {hi:g}), not on an 8-bit copy; it starts at "
+               "the file's own window.")
+    return level, width

@@ -172,16 +172,21 @@ source_image = read[keys[shown]].original
 source_image = source_image if source_image is not None else rows[0][1]
 file_size = f"{source_image.shape[1]} × {source_image.shape[0]}"
 source_image = fit_within(source_image)  # a very large scan is shown at most 1600 pixels wide or high
+raw = read[keys[shown]].raw  # DICOM or a 16-bit file: the window works on the file's own values
+raw = raw.fit_within() if raw is not None else None
 with control_col:
     over = st.selectbox("Heatmap over the X-ray", ["none", *[r[2].model for r in rows]], index=1, key="dx_view_model")
-    level = st.slider("Window level (centre)", 0, 255, 128, key="dx_view_level")
-    width = st.slider("Window width", 1, 255, 255, key="dx_view_width")
+    if raw is None:
+        level = st.slider("Window level (centre)", 0, 255, 128, key="dx_view_level")
+        width = st.slider("Window width", 1, 255, 255, key="dx_view_width")
+    else:
+        level, width = ui.raw_window_sliders(raw, key=f"dx_view_raw_{keys[shown]}")
     lead_spec = ui.get_model(rows[0][2].model).spec
     st.image(outlined(np.repeat(model_view(rows[0][1], lead_spec)[..., None], 3, axis=-1)), width="stretch",
              caption="Input as the models see it (224 × 224"
                      + (", histogram-equalised for the Lite0 models)" if lead_spec.equalize else ")")
                      + (", lungs outlined" if lungs is not None else ""))
-shown_gray = apply_window(source_image, level, width)
+shown_gray = apply_window(source_image, level, width) if raw is None else raw.window(level, width)
 if over == "none":
     picture = np.repeat(shown_gray[..., None], 3, axis=-1)
 else:

@@ -165,3 +165,56 @@ def test_diagnose_page_reads_a_real_xray_sent_as_dicom(shipped_models, samples_d
     assert sorted(shown) == sorted(expected)  # the recommended model comes first
     page = " ".join(str(e.value) for e in [*at.markdown, *at.caption])
     assert inputs.SECRET_ID not in page and "Doe" not in page
+
+
+def test_the_raw_values_of_a_dicom_keep_its_window_and_more_than_256_levels():
+    """The viewer's window works on the DICOM's own values: its default window reproduces the 8-bit image the
+    models read, and a narrow window separates values that 8 bits cannot."""
+    from core.preprocessing import decode_full
+
+    gray, _, raw = decode_full(inputs.dicom_16bit_rescaled())  # rescaled to HU, window 40 / 400
+    hu = np.round((inputs.BASE.astype(np.float64) * 4 - 400 + 1024) / 2) * 2 - 1024
+    assert raw is not None and np.array_equal(raw.values, hu.astype(np.float32))
+    assert (raw.center, raw.width, raw.invert) == (40, 400, False) and raw.integral
+    assert np.array_equal(raw.window(raw.center, raw.width), gray)
+
+    stored = inputs.BASE.astype(np.uint16) * 16 + (np.arange(inputs.BASE.size).reshape(inputs.BASE.shape) % 16)
+    gray, _, raw = decode_full(inputs.dicom(stored, bits=12, window=(2048, 4096)))
+    assert np.array_equal(raw.window(raw.center, raw.width), gray)
+    # two values 1 apart share one grey level in the 8-bit image, and are 20 levels apart in a 12-wide window
+    v = int(stored[0, 0]) // 16 * 16 + 4
+    a, b = np.argwhere(stored == v)[0], np.argwhere(stored == v + 1)[0]
+    assert gray[tuple(a)] == gray[tuple(b)]
+    narrow = raw.window(v + 0.5, 12)
+    assert int(narrow[tuple(b)]) - int(narrow[tuple(a)]) >= 20
+
+
+def test_the_raw_values_of_a_monochrome1_dicom_and_a_16_bit_png():
+    from core.preprocessing import decode_full
+
+    gray, _, raw = decode_full(inputs.dicom((inputs.BASE.astype(np.uint16) * 16), photometric="MONOCHROME1", bits=12))
+    assert raw.invert and np.array_equal(raw.window(raw.center, raw.width), gray)
+    assert raw.window(raw.center, raw.width)[inputs.BASE == inputs.BASE.max()].max() == 0  # brightest value is dark
+    png16 = inputs.encode(inputs.BASE.astype(np.uint16) * 200, "PNG")
+    gray, _, raw = decode_full(png16)
+    assert raw is not None and raw.high == int(inputs.BASE.max()) * 200
+    assert np.array_equal(raw.window(raw.center, raw.width), gray)  # the default window is the 8-bit image
+    assert decode_full(inputs.encode(inputs.BASE, "PNG"))[2] is None  # an 8-bit file has nothing more to show
+
+
+def test_the_viewer_windows_a_dicom_in_its_own_values(shipped_models, samples_dir):
+    """A real X-ray sent as a 12-bit DICOM with a window of its own: the viewer's sliders are in its values."""
+    original = decode_image((samples_dir / "person1314_virus_2269.jpeg").read_bytes())
+    stored = original.astype(np.uint16) * 16 + 3
+    data = inputs.dicom(stored, bits=12, window=(2000, 3000))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.run()
+    at.file_uploader(key="dx_upload").set_value(("export.dcm", data, "application/dicom")).run()
+    assert not at.exception
+    level = next(s for s in at.slider if s.label.startswith("Window level"))
+    width = next(s for s in at.slider if s.label.startswith("Window width"))
+    assert (level.value, width.value) == (2000, 3000)
+    assert (level.min, level.max) == (int(stored.min()), int(stored.max()))
+    width.set_value(40).run()
+    assert not at.exception
+    assert any("not on an 8-bit copy" in c.value for c in at.caption)
