@@ -28,10 +28,12 @@ from core.data import find_data_dir, fingerprint, list_split, load_images, split
 from core.preprocessing import InputSpec, to_model_input
 from core.registry import guard_files, models_dir, sha256_file, verify_sha256, write_card
 from core.runtime import compiled_forward
+from core.scope import SCOPE_WARNING, STATISTICS, load_scope, statistics_outputs
 
 __all__ = [
     "OOD_WARNING",
     "NO_LUNGS_WARNING",
+    "SCOPE_WARNING",
     "OODResult",
     "OODCheck",
     "OODGuard",
@@ -54,35 +56,60 @@ NO_LUNGS_WARNING = "No plausible pair of lungs was found: {note}; its diagnosis 
 
 @dataclass(frozen=True)
 class OODResult:
-    """Whether an image looks unlike the training X-rays: by its features, or because the lung segmenter
-    found no plausible pair of lungs in it (``lungs_note`` says why)."""
+    """Whether an image looks unlike the training X-rays: by its features, by the scope check (unlike the
+    children's films, e.g. an adult's: :mod:`core.scope`), or because the lung segmenter found no plausible
+    pair of lungs in it (``lungs_note`` says why)."""
 
     score: float
     cutoff: float
     lungs_note: str | None = None
+    scope_score: float | None = None
+    scope_cutoff: float | None = None
+
+    @property
+    def out_of_scope(self) -> bool:
+        return self.scope_score is not None and self.scope_cutoff is not None and self.scope_score > self.scope_cutoff
 
     @property
     def flagged(self) -> bool:
-        return self.score > self.cutoff or self.lungs_note is not None
+        return self.score > self.cutoff or self.lungs_note is not None or self.out_of_scope
+
+    @property
+    def reason(self) -> str:
+        """Why the image is withheld, in a few words (the first that applies); ``""`` when it is not."""
+        if self.score > self.cutoff:
+            return "not like the training X-rays"
+        if self.out_of_scope:
+            return "not a young child's film (an adult's?)"
+        return "no plausible pair of lungs" if self.lungs_note is not None else ""
 
     @property
     def warning(self) -> str:
         parts = [OOD_WARNING.format(score=self.score, cutoff=self.cutoff)] if self.score > self.cutoff else []
+        if self.out_of_scope:
+            parts.append(SCOPE_WARNING.format(score=self.scope_score, cutoff=self.scope_cutoff))
         if self.lungs_note is not None:
             parts.append(NO_LUNGS_WARNING.format(note=self.lungs_note))
         return " ".join(parts)
 
 
-def feature_extractor(batch_size: int = 64):
+def feature_extractor(batch_size: int = 64, with_statistics: bool = False):
     """A function from uint8 grayscale images ``(N, 224, 224)`` to ``(N, 1280)`` pooled ImageNet
-    Lite0 features: normalised as Lite0 wants, run in batches through one compiled call."""
+    Lite0 features: normalised as Lite0 wants, run in batches through one compiled call. With
+    ``with_statistics`` it returns ``(features, {statistic: (N, C)})``, the scope check's layer statistics
+    (:func:`core.scope.statistics_outputs`) from the same pass."""
     backbone = efficientnet_lite0(weights="imagenet")
-    forward = compiled_forward(keras.Model(backbone.input, keras.layers.GlobalAveragePooling2D()(backbone.output)))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone.output)
+    outputs = [pooled, *statistics_outputs(backbone)] if with_statistics else pooled
+    forward = compiled_forward(keras.Model(backbone.input, outputs))
     spec = InputSpec()
 
-    def extract(gray: np.ndarray) -> np.ndarray:
-        return np.concatenate([forward(to_model_input(gray[i : i + batch_size], spec)).numpy()
-                               for i in range(0, len(gray), batch_size)])
+    def extract(gray: np.ndarray):
+        parts = [forward(to_model_input(gray[i : i + batch_size], spec)) for i in range(0, len(gray), batch_size)]
+        if not with_statistics:
+            return np.concatenate([p.numpy() for p in parts])
+        features = np.concatenate([p[0].numpy() for p in parts])
+        return features, {name: np.concatenate([p[1 + k].numpy() for p in parts]) for k, name in enumerate(STATISTICS)}
 
     return extract
 
@@ -123,14 +150,18 @@ class OODCheck:
         self.guard = load_guard(root)
         if self.guard is None:
             raise FileNotFoundError("No out-of-distribution guard under models/ood (run: python -m core.ood).")
-        self._features = feature_extractor()
+        self.scope = load_scope(root)  # None where no scope check is shipped (python -m core.scope)
+        self._features = feature_extractor(with_statistics=self.scope is not None)
         self._features(np.zeros((1, 224, 224), np.uint8))  # warm up
 
     def __call__(self, gray: np.ndarray) -> list[OODResult]:
         """Check uint8 grayscale image(s) ``(H, W)`` or ``(N, H, W)`` (224 x 224)."""
         batch = gray[None] if gray.ndim == 2 else gray
-        scores = self.guard.score(self._features(batch))
-        return [OODResult(float(s), self.guard.cutoff) for s in scores]
+        if self.scope is None:
+            return [OODResult(float(s), self.guard.cutoff) for s in self.guard.score(self._features(batch))]
+        features, stats = self._features(batch)
+        return [OODResult(float(s), self.guard.cutoff, scope_score=float(t), scope_cutoff=self.scope.cutoff)
+                for s, t in zip(self.guard.score(features), self.scope.score(stats), strict=True)]
 
 
 def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components: int = 64,

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                           "label": d.label, "threshold": round(d.threshold, 6),
                           "lung_share": None if share is None else round(share, 4)}
                 if reading.flagged:
-                    record.update(ood=True, warning=reading.ood.warning)
+                    record.update(ood=True, reason=reading.ood.reason, warning=reading.ood.warning)
                 _emit(args.json, record)
                 if args.heatmap_dir:
                     out = args.heatmap_dir / f"{index:03d}_{Path(path).stem}_{model.name}.png"

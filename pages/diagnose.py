@@ -113,9 +113,7 @@ if len(files) > 1:
         if f in errors:
             return {**out, "status": f"not read: {errors[f]}"}
         if withheld(f):
-            unlike = flagged[f].score > flagged[f].cutoff
-            return {**out, "status": "withheld: " + ("not like the training X-rays" if unlike
-                                                     else "no plausible pair of lungs")}
+            return {**out, "status": "withheld: " + flagged[f].reason}
         out["status"] = "scored" + (" (shown although unusual)" if f in flagged else "")
         for name in selected:
             d = readings[keys[f]].diagnoses[name]

@@ -150,10 +150,13 @@ def test_the_models_page_fits_a_1366_pixel_screen(server, shipped_models):
 
 @pytest.mark.slow
 def test_warm_upload_is_quick(server, browser, shipped_models, xrays):
-    """With the models cached, upload to result within 4 s (a timing limit: slow, needs a quiet machine)."""
+    """With the models cached, upload to result within 2 s (issue 14's bar; a timing limit: slow, needs a quiet
+    machine). The time goes to artifacts/browser/warm_upload_seconds.txt."""
     upload_and_wait(browser, server, xrays[0], len(shipped_models))
     warm, _ = upload_and_wait(browser, server, xrays[1], len(shipped_models))
-    assert warm <= 4.0, f"upload to result took {warm:.1f} s with models cached"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "warm_upload_seconds.txt").write_text(f"{warm:.2f}\n")
+    assert warm <= 2.0, f"upload to result took {warm:.1f} s with models cached"
 
 
 def _expected_values(paths, names):
