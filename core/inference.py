@@ -114,10 +114,12 @@ class LoadedModel:
             part = slice(start, start + batch_size)
             x = to_model_input(batch[part], self.spec, None if masks is None else np.asarray(masks)[part])
             probs, signed, *found = run(x)
-            masks = found[0] >= LUNG_THRESHOLD if found and found[0] is not None else [None] * len(probs)
+            # the lungs this pass found (a model that gives them); never the masks it was given, which the
+            # later batches still need
+            given = found[0] >= LUNG_THRESHOLD if found and found[0] is not None else [None] * len(probs)
             probs = apply_temperature(np.asarray(probs, np.float64), self.temperature) if self.temperature != 1.0 \
                 else probs
-            out += [Diagnosis(self.name, float(p), self.threshold, s, m) for p, s, m in zip(probs, signed, masks,
+            out += [Diagnosis(self.name, float(p), self.threshold, s, m) for p, s, m in zip(probs, signed, given,
                                                                                             strict=True)]
         return out
 

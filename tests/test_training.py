@@ -310,3 +310,8 @@ def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tm
 
     shown = apply_temperature(expected, card.temperature)  # serving shows calibrated probabilities
     assert [r.diagnoses["lungfocus_head"].probability for r in readings] == pytest.approx(shown, abs=1e-5)
+    # more images than one batch: every batch keeps its own lungs (the model's own segmenter, and the given masks)
+    in_pairs = model.diagnose_gray(gray, batch_size=2)
+    assert [d.probability for d in in_pairs] == pytest.approx(shown, abs=1e-5)
+    given = model.diagnose_gray(gray, batch_size=2, masks=np.stack([r.lungs for r in readings]))
+    assert [d.probability for d in given] == pytest.approx(shown, abs=1e-5)
