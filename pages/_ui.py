@@ -320,10 +320,6 @@ def model_colour(name: str) -> str:
     return MODEL_COLOURS.get(name, "#8e44ad")
 
 
-if __name__ == "__main__":  # opened as a page (a cold server's /ui): this module is no page, go to the app
-    st.switch_page("app.py")
-
-
 def raw_window_sliders(raw, key: str) -> tuple[float, float]:
     """Window level and width sliders in a file's own values (:class:`core.rawimage.RawImage`), starting at the
     file's own window; returns (level, width)."""
@@ -341,3 +337,7 @@ def raw_window_sliders(raw, key: str) -> tuple[float, float]:
     st.caption(f"The window works on the file's own values ({lo:g} to {hi:g}), not on an 8-bit copy; it starts at "
                "the file's own window.")
     return level, width
+
+
+if __name__ == "__main__":  # opened as a page (a cold server's /ui): this module is no page, go to the app
+    st.switch_page("app.py")
