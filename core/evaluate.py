@@ -1,4 +1,4 @@
-"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--lungs] [--models-dir DIR] [--data-dir D]``
+"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--finer-maps] [--lungs] [--models-dir DIR] [--data-dir D]``
 
 Scores the official test set: writes ``models/<name>/test_predictions.csv`` (filename, label,
 probability) and ``metrics.json``, which holds, where the lung masks are present, how the model's
@@ -27,7 +27,7 @@ from core import LABELS
 from core.augment import VARIANTS, encode_variant
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import full_report, interval_text, metrics_at
-from core.gradcam import border_share, central_share
+from core.gradcam import GradCam, border_share, central_share
 from core.inference import load_model, read_upload, score
 from core.invariance import invariance_table, measure
 from core.lungs import dice, explanation_quality, find_mask_dir, implausible_lungs, load_masks
@@ -36,6 +36,7 @@ from core.registry import (
     available_models,
     guard_files,
     invariance_file,
+    load_card,
     load_metrics,
     lungs_files,
     model_files,
@@ -168,6 +169,25 @@ def validation_summary(name: str, data_dir=None, root: Path | None = None) -> di
             "explanation": explanation_summary(val, diagnoses, split="train")}
 
 
+FINER_MAPS = (("top_activation", "gradcam"), ("top_activation", "hirescam"), ("block14_add", "gradcam"),
+              ("block14_add", "hirescam"), ("block10_add", "gradcam"), ("block10_add", "hirescam"))
+"""Map layers (7 x 7, 7 x 7, 14 x 14) and methods compared by :func:`finer_maps_summary`; the first is served."""
+
+
+def finer_maps_summary(name: str, data_dir=None, root: Path | None = None) -> dict:
+    """Explanation quality of each of :data:`FINER_MAPS` for a Lite0 model on its validation split (writes
+    nothing): does a finer map lie more on the lungs than the one served?"""
+    model = load_model(name, root)
+    cfg = model.card.config
+    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
+    gray, out = load_images(val), {}
+    model.gives_lungs = False  # maps only
+    for layer, method in FINER_MAPS:
+        model.explainer = GradCam(model.keras_model, layer, method=method)
+        out[f"{layer} {method}"] = explanation_summary(val, _diagnoses(model, gray), split="train")
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.evaluate", description=__doc__)
     parser.add_argument("--model", default="all", help="a model name or 'all'")
@@ -179,6 +199,8 @@ def main(argv=None) -> int:
                         help="measure the lung segmenter on the test masks (writes models/lungs/metrics.json)")
     parser.add_argument("--invariance", action="store_true",
                         help="measure how answers move with encoding and resolution (writes models/invariance.json)")
+    parser.add_argument("--finer-maps", action="store_true",
+                        help="compare finer Grad-CAM layers and HiResCAM on the validation split (writes nothing)")
     parser.add_argument("--models-dir", type=Path, metavar="DIR",
                         help="read the models (and their guard and segmenter) from DIR instead of models/, e.g. a "
                              "candidate written by 'python -m core.train --out DIR'")
@@ -199,6 +221,11 @@ def main(argv=None) -> int:
         return 0
     if args.invariance:
         return _invariance(chosen, root, args.split, find_data_dir(args.data_dir))
+    if args.finer_maps:
+        for name in [n for n in chosen if load_card(n, root).backbone]:
+            for variant, e in finer_maps_summary(name, args.data_dir, root).items():
+                print(explanation_line(f"{name} {variant}", e))
+        return 0
     if args.explanations:
         for name in chosen:
             print(explanation_line(name, add_explanations(name, args.data_dir)["explanation"]))

@@ -35,6 +35,9 @@ class GradCam:
         head: Optionally, another head computed in the same pass (the lung decoder): a model taking
             the outputs of ``head_inputs`` (layers of ``model``) and the input batch.
         head_inputs: The layer names ``head`` reads.
+        method: ``"gradcam"`` weights each channel by its mean gradient (Selvaraju et al. 2017);
+            ``"hirescam"`` multiplies gradient and activation element-wise before summing the channels
+            (Draelos & Carin 2020), so each cell shows its own evidence.
 
     Call it with a float32 batch ``(N, H, W, C)``; it returns ``(prob (N,), signed (N, h, w))``;
     :meth:`with_head` also returns the head's output. The input signature is fixed (any batch size),
@@ -42,8 +45,10 @@ class GradCam:
     """
 
     def __init__(self, model: keras.Model, layer_name: str, head: keras.Model | None = None,
-                 head_inputs: tuple[str, ...] = ()):
-        self.layer_name, self.has_head = layer_name, head is not None
+                 head_inputs: tuple[str, ...] = (), method: str = "gradcam"):
+        if method not in ("gradcam", "hirescam"):
+            raise ValueError(f"Unknown map method {method!r}. Use 'gradcam' or 'hirescam'.")
+        self.layer_name, self.has_head, self.method = layer_name, head is not None, method
         self._model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.get_layer("logit").output,
                                                  *(model.get_layer(n).output for n in head_inputs if head)])
         shape = tuple(model.inputs[0].shape[1:])
@@ -61,8 +66,11 @@ class GradCam:
                 with tf.GradientTape() as tape:
                     features, logit, *taps = self._model(x, training=False)
                 grads = tape.gradient(logit, features)  # d logit_i / d A_i (samples independent)
-                alpha = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
-                signed = tf.reduce_sum(alpha * features, axis=-1)
+                if method == "hirescam":
+                    signed = tf.reduce_sum(grads * features, axis=-1)
+                else:
+                    alpha = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)
+                    signed = tf.reduce_sum(alpha * features, axis=-1)
                 if not with_head:
                     return tf.sigmoid(logit[:, 0]), signed
                 return tf.sigmoid(logit[:, 0]), signed, head([*taps, x], training=False)[..., 0]

@@ -198,3 +198,16 @@ def test_a_map_scaled_by_the_evidence_keeps_weak_findings_faint():
     bar = colour_bar(100, 5)
     assert bar.shape == (5, 100, 3) and (bar[0, 0] == colourise(np.zeros(1))[0]).all()
     assert (bar[0, -1] == colourise(np.ones(1))[0]).all()
+
+
+def test_hirescam_equals_gradcam_before_a_pooled_linear_head_and_not_deeper(tiny):
+    """HiResCAM sums gradient x activation per cell; where the head is global average pooling and a dense layer
+    the gradient is the same at every cell, so it must equal Grad-CAM there, and differ at an earlier layer."""
+    x = _batch(3)
+    for layer, same in (("last_conv", True), ("conv3", False)):
+        p1, grad = GradCam(tiny, layer)(x)
+        p2, hires = GradCam(tiny, layer, method="hirescam")(x)
+        assert np.allclose(p1, p2)
+        assert np.allclose(grad, hires, rtol=1e-4, atol=1e-6) == same, layer
+    with pytest.raises(ValueError, match="Unknown map method"):
+        GradCam(tiny, "last_conv", method="gradcam++")
