@@ -150,7 +150,7 @@ class OODCheck:
         self.guard = load_guard(root)
         if self.guard is None:
             raise FileNotFoundError("No out-of-distribution guard under models/ood (run: python -m core.ood).")
-        self.scope = load_scope(root)  # None where no scope check is shipped (python -m core.scope)
+        self.scope = load_scope(root)  # None where no scope check is shipped (python -m core.scope_fit)
         self._features = feature_extractor(with_statistics=self.scope is not None)
         self._features(np.zeros((1, 224, 224), np.uint8))  # warm up
 

@@ -4,8 +4,9 @@ Scores X-ray files with the shipped models. With ``--json``: one JSON object per
 ``{"file", "model", "probability", "label", "threshold", "lung_share"}`` per scored (file, model),
 or ``{"file", "error"}`` for a file that cannot be used. ``lung_share`` is the share of the model's
 Grad-CAM map (explaining P(pneumonia)) inside the lungs the segmenter found (``null`` without a
-segmenter or for an empty map). A file that does not look like a chest X-ray, or has no plausible
-pair of lungs (the guard), is still scored, and its lines gain ``"ood": true`` and a ``"warning"``.
+segmenter or for an empty map). A file that does not look like a chest X-ray, not like a young child's
+film (:mod:`core.scope`), or has no plausible pair of lungs (the guard), is still scored, and its lines
+gain ``"ood": true``, a short ``"reason"`` and a ``"warning"``.
 ``--heatmap-dir`` gets an overlay PNG per (file, model); with ``--maps`` also ``<stem>.<model>.npy``,
 the 224 x 224 float32 map in [0, 1] as displayed, explaining P(pneumonia). ``--lung-dir`` gets
 ``<stem>.lungs.png`` (224 x 224, 255 = lung). Exit status: 0 when every file was scored, 1 when any

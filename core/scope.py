@@ -15,13 +15,12 @@ statistic that reacts to the file's encoding would withhold re-encoded pediatric
 the mean over the kept statistics. The cut-off is the 99.5th percentile over the validation images and
 all their variants. Nothing adult is used to fit or choose it: ``shared/data/adult_samples`` only tests it.
 
-``python -m core.scope`` fits it (a few minutes on two cores) and writes ``models/ood/scope.npz`` and its
+``python -m core.scope_fit`` fits it (a few minutes on two cores) and writes ``models/ood/scope.npz`` and its
 record in ``models/ood/card.json``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
@@ -31,9 +30,9 @@ import keras
 import numpy as np
 from sklearn.covariance import LedoitWolf
 
-from core.registry import guard_files, models_dir, sha256_file, verify_sha256
+from core.registry import guard_files, verify_sha256
 
-__all__ = ["LAYERS", "SCOPE_WARNING", "ScopeModel", "statistics_outputs", "fit_scope", "load_scope", "fit_and_save"]
+__all__ = ["LAYERS", "STATISTICS", "SCOPE_WARNING", "ScopeModel", "statistics_outputs", "fit_scope", "load_scope"]
 
 log = logging.getLogger(__name__)
 
@@ -143,98 +142,3 @@ def load_scope(root: Path | None = None) -> ScopeModel | None:
         return ScopeModel([str(s) for s in f["names"]], [f[f"mean_{i}"] for i in range(n)],
                           [f[f"scale_{i}"] for i in range(n)], [f[f"precision_{i}"].astype(np.float64) for i in range(n)],
                           [float(m) for m in f["medians"]], float(f["cutoff"]))
-
-
-def _statistics(extract, gray: np.ndarray) -> dict[str, np.ndarray]:
-    return extract(gray)[1]
-
-
-def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None) -> dict:
-    """Fit the scope check on the training split (validation held out by patient as the models') and record
-    it beside the guard. Returns its record."""
-    from core.augment import VARIANTS, served_variant
-    from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
-    from core.ood import feature_extractor
-
-    root = root or models_dir()
-    train, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
-    extract = feature_extractor(with_statistics=True)
-    x_va = load_images(val)
-    train_stats = _statistics(extract, load_images(train))
-    val_views = [_statistics(extract, x_va)] + [
-        _statistics(extract, np.stack([served_variant(g, v) for g in x_va])) for v in VARIANTS]
-    model, choice = fit_scope(train_stats, val_views)
-    files = guard_files(root)
-    path = files.folder / "scope.npz"
-    model.save(path)
-    record = {
-        "method": __doc__.split("\n\n")[1].replace("\n", " "),
-        "rule": f"keep a statistic when at most {MAX_VARIANT_RATE:.0%} of each served variant of the validation images "
-                f"lies beyond its own {PASS_RATE:.1%} validation percentile; cut-off: the {PASS_RATE:.1%} percentile of "
-                "the mean kept distance over the validation images and their variants",
-        "statistics": choice,
-        "kept": model.names,
-        "cutoff": model.cutoff,
-        "variants": list(VARIANTS),
-        "data": {"train_images": len(train), "val_images": len(val), "fingerprint": fingerprint(train + val)},
-        "weights_file": path.name,
-        "weights_sha256": sha256_file(path),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-    }
-    card = json.loads(files.card.read_text())
-    card["scope"] = record
-    files.card.write_text(json.dumps(card, indent=1) + "\n")
-    log.info("Scope check saved: %d of %d statistics kept, cut-off %.3f", len(model.names), len(choice), model.cutoff)
-    return record
-
-
-def report(data_dir=None, root: Path | None = None) -> dict:
-    """The shipped guard and scope check on every official test X-ray, as its copy and as each served variant
-    (share withheld by each and by either), and on the adult films beside the dataset (``adult_samples/``)."""
-    from core.augment import VARIANTS, served_variant
-    from core.data import find_data_dir, list_split, load_images
-    from core.inference import read_upload
-    from core.ood import OODCheck
-
-    check, data_dir = OODCheck(root), find_data_dir(data_dir)
-    gray = load_images(list_split(data_dir, "test"))
-    out: dict = {"test": {}, "adult_samples": {}}
-    for variant in ("copies", *VARIANTS):
-        images = gray if variant == "copies" else np.stack([served_variant(g, variant) for g in gray])
-        found = [r for i in range(0, len(images), 64) for r in check(images[i : i + 64])]
-        out["test"][variant] = {"images": len(found), "guard": float(np.mean([r.score > r.cutoff for r in found])),
-                                "scope": float(np.mean([r.out_of_scope for r in found])),
-                                "either": float(np.mean([r.flagged for r in found]))}
-    for path in sorted((data_dir.parent / "adult_samples").glob("*.png")):
-        r = check(read_upload(path.read_bytes(), path.name).gray)[0]
-        out["adult_samples"][path.name] = {"guard_score": r.score, "guard_cutoff": r.cutoff, "scope_score": r.scope_score,
-                                           "scope_cutoff": r.scope_cutoff, "withheld": r.flagged}
-    return out
-
-
-def main(argv=None) -> int:
-    """``python -m core.scope [--data-dir D] [--report]``: fit the scope check and ship it beside the guard; with
-    ``--report``, measure the shipped guard and scope check instead (writes ``models/ood/scope_report.json``)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m core.scope", description=main.__doc__)
-    parser.add_argument("--data-dir")
-    parser.add_argument("--out", type=Path, metavar="DIR", help="write under DIR/ood instead of models/ood")
-    parser.add_argument("--report", action="store_true", help="measure the shipped checks instead of fitting")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    if args.report:
-        result = report(args.data_dir, args.out)
-        (guard_files(args.out).folder / "scope_report.json").write_text(json.dumps(result, indent=1) + "\n")
-        for variant, r in result["test"].items():
-            print(f"test {variant:14s} withheld: guard {r['guard']:.1%}, scope {r['scope']:.1%}, either {r['either']:.1%}")
-        for name, r in result["adult_samples"].items():
-            print(f"{name}: guard {r['guard_score']:.3f}, scope {r['scope_score']:.3f}, withheld {r['withheld']}")
-        return 0
-    record = fit_and_save(args.data_dir, root=args.out)
-    print(f"kept {', '.join(record['kept'])}; cut-off {record['cutoff']:.3f}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -37,7 +37,7 @@ def test_json_lines_for_good_and_bad_files(files, shipped_models, tmp_path):
     assert {r["file"] for r in errors} == {str(bad), str(files / "missing.png")}
     for r in scored:
         # generated pictures may be flagged by the out-of-distribution guard: two fields more
-        assert set(r) - {"ood", "warning"} == {"file", "model", "probability", "label", "threshold", "lung_share"}
+        assert set(r) - {"ood", "reason", "warning"} == {"file", "model", "probability", "label", "threshold", "lung_share"}
         assert r.get("ood", True) is True and ("ood" in r) == ("warning" in r)
         assert 0 <= r["probability"] <= 1 and r["model"] in shipped_models
         assert r["label"] == ("PNEUMONIA" if r["probability"] >= r["threshold"] else "NORMAL")

@@ -43,7 +43,7 @@ def check():
     except FileNotFoundError:
         pytest.skip("no out-of-distribution guard under models/ood")
     if found.scope is None:
-        pytest.skip("no scope check under models/ood (python -m core.scope)")
+        pytest.skip("no scope check under models/ood (python -m core.scope_fit)")
     return found
 
 
