@@ -133,7 +133,12 @@ class OODGuard:
         return (mahalanobis + residual / self.residual_scale) / self.components.shape[0]
 
     def save(self, folder: Path, card: dict) -> None:
+        """Write ``guard.npz`` and its card; the scope check's record in an earlier card is kept (it does not
+        depend on the guard, and its file stays)."""
         folder.mkdir(parents=True, exist_ok=True)
+        earlier = folder / "card.json"
+        if earlier.exists() and "scope" in (old := json.loads(earlier.read_text())) and "scope" not in card:
+            card = {**card, "scope": old["scope"]}
         np.savez_compressed(folder / "guard.npz", mean=self.mean, components=self.components,
                             variances=self.variances, residual_scale=self.residual_scale, cutoff=self.cutoff)
         write_card(folder, {**card, "weights_file": "guard.npz", "weights_sha256": sha256_file(folder / "guard.npz")})

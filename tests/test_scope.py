@@ -81,3 +81,15 @@ def test_pediatric_test_xrays_pass_the_checks_in_every_variant(check, data_dir):
         images = gray if variant is None else np.stack([served_variant(g, variant) for g in gray])
         passed = 1 - np.mean([r.flagged for i in range(0, len(images), 64) for r in check(images[i : i + 64])])
         assert passed >= 0.98, (variant, passed)
+
+
+def test_refitting_the_guard_keeps_the_scope_checks_record(tmp_path):
+    import json
+
+    from core.ood import fit_guard
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "card.json").write_text(json.dumps({"name": "ood", "scope": {"weights_sha256": "abc"}}))
+    fit_guard(rng.normal(size=(200, 8)), rng.normal(size=(50, 8)), n_components=4).save(tmp_path, {"name": "ood"})
+    card = json.loads((tmp_path / "card.json").read_text())
+    assert card["scope"] == {"weights_sha256": "abc"} and card["weights_file"] == "guard.npz"
