@@ -15,21 +15,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
-from core.evaluation import calibration_bins
+from core.evaluation import apply_temperature, calibration_bins, logit
 
 __all__ = ["logit", "apply_temperature", "fit_temperature", "expected_calibration_error", "calibration_record", "main"]
 
 _EPS = 1e-7
-
-
-def logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
-
-
-def apply_temperature(p, temperature: float) -> np.ndarray:
-    """P(pneumonia) with the logit divided by ``temperature`` (1 leaves it as it is)."""
-    return 1.0 / (1.0 + np.exp(-logit(p) / float(temperature)))
 
 
 def _nll(y, p) -> float:

@@ -14,9 +14,8 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from core import LABELS
+from core.evaluation import apply_temperature
 from core.preprocessing import InputSpec
 
 __all__ = ["ModelCard", "DISCLAIMER", "INTENDED_USE", "LIMITATIONS", "THRESHOLD_RULES", "RECOMMENDATION_RULE",
@@ -103,11 +102,7 @@ class ModelCard:
     def decision_threshold(self) -> float:
         """The card threshold on the calibrated probabilities serving shows (the same labels: calibration keeps
         the order); the threshold itself was chosen on the uncalibrated validation probabilities."""
-        if not self.calibration:
-            return float(self.threshold)
-        # core.calibration.apply_temperature, written out: cards must not import it (its CLI reads cards)
-        t = min(max(float(self.threshold), 1e-7), 1 - 1e-7)
-        return float(1.0 / (1.0 + np.exp(-np.log(t / (1 - t)) / self.temperature)))
+        return float(apply_temperature(self.threshold, self.temperature)) if self.calibration else float(self.threshold)
 
     @property
     def notes(self) -> list[str]:

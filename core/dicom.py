@@ -16,7 +16,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_space
 
 from core.errors import ImageDecodeError
-from core.rawimage import RawImage
+from core.rawimage import RawImage, linear_window
 
 __all__ = ["decode_dicom", "read_dicom", "dicom_summary", "is_dicom"]
 
@@ -50,7 +50,7 @@ def _first(value) -> float | None:
 def _to_unit(arr: np.ndarray, center: float | None = None, width: float | None = None) -> np.ndarray:
     """Map to [0, 1]: DICOM's linear window (PS3.3 C.11.2.1.2) when given, else min-max."""
     if center is not None and width is not None and width >= 1:
-        return np.clip((arr - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+        return linear_window(arr, center, width)
     lo, hi = float(arr.min()), float(arr.max())
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
 

@@ -6,6 +6,8 @@ import numpy as np
 from sklearn import metrics as skm
 
 __all__ = [
+    "logit",
+    "apply_temperature",
     "choose_threshold",
     "metrics_at",
     "full_report",
@@ -13,6 +15,18 @@ __all__ = [
     "bootstrap_ci",
     "interval_text",
 ]
+
+
+def logit(p) -> np.ndarray:
+    """log(p / (1 - p)), with p kept 1e-7 away from 0 and 1."""
+    p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def apply_temperature(p, temperature: float) -> np.ndarray:
+    """P(pneumonia) with the logit divided by ``temperature`` (1 leaves it as it is): temperature scaling
+    (:mod:`core.calibration` fits it)."""
+    return 1.0 / (1.0 + np.exp(-logit(p) / float(temperature)))
 
 
 def choose_threshold(y_true, prob, rule: str = "youden") -> float:

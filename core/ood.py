@@ -168,6 +168,13 @@ class OODCheck:
         return [OODResult(float(s), self.guard.cutoff, scope_score=float(t), scope_cutoff=self.scope.cutoff)
                 for s, t in zip(self.guard.score(features), self.scope.score(stats), strict=True)]
 
+    def scope_distances(self, gray: np.ndarray) -> dict[str, np.ndarray]:
+        """Each kept scope statistic's distance (over its validation median) for images ``(N, 224, 224)``, for
+        reports; the scope score is their mean. Needs a shipped scope check."""
+        if self.scope is None:
+            raise FileNotFoundError("No scope check under models/ood (run: python -m core.scope_fit).")
+        return dict(zip(self.scope.names, self.scope.distances(self._features(gray)[1]), strict=True))
+
 
 def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components: int = 64,
               pass_rate: float = 0.995) -> OODGuard:

@@ -308,9 +308,11 @@ def apply_window(gray: np.ndarray, level: float, width: float) -> np.ndarray:
 
 def fit_within(gray: np.ndarray, max_side: int = 1600) -> np.ndarray:
     """The image scaled down (Lanczos, aspect ratio kept) so that its longer side is at most ``max_side``;
-    unchanged when it already fits. For display only."""
+    unchanged when it already fits. uint8 stays uint8; other 2-D arrays (a file's own values,
+    :class:`core.rawimage.RawImage`) are resized as float32. For display only."""
     h, w = gray.shape[:2]
     if max(h, w) <= max_side:
         return gray
     scale = max_side / max(h, w)
-    return np.asarray(Image.fromarray(gray).resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS))
+    img = Image.fromarray(gray) if gray.dtype == np.uint8 else Image.fromarray(gray.astype(np.float32), mode="F")
+    return np.asarray(img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS))

@@ -11,9 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
-__all__ = ["RawImage"]
+__all__ = ["RawImage", "linear_window"]
+
+
+def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM's linear window (PS3.3 C.11.2.1.2): values from ``center - width / 2`` to ``center + width / 2``
+    spread over [0, 1], the rest clipped (float64)."""
+    return np.clip((np.asarray(values, np.float64) - (float(center) - 0.5)) / max(float(width) - 1, 1e-6) + 0.5,
+                   0.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -40,21 +46,9 @@ class RawImage:
         return bool(np.all(self.values == np.round(self.values)))
 
     def window(self, center: float, width: float) -> np.ndarray:
-        """The image through a linear window (DICOM PS3.3 C.11.2.1.2, as the file's own window is applied):
-        values from ``center - width / 2`` to ``center + width / 2`` spread over 0-255, the rest clipped;
-        inverted for MONOCHROME1. Returns uint8."""
-        width = max(float(width), 1.0)
-        unit = np.clip((self.values - (float(center) - 0.5)) / max(width - 1, 1e-6) + 0.5, 0.0, 1.0)
+        """The image through :func:`linear_window` (as the file's own window is applied), inverted for
+        MONOCHROME1; uint8. A width below 1 counts as 1."""
+        unit = linear_window(self.values, center, max(float(width), 1.0))
         if self.invert:
             unit = 1.0 - unit
         return np.round(unit * 255).astype(np.uint8)
-
-    def fit_within(self, max_side: int = 1600) -> RawImage:
-        """The same image scaled down (Lanczos, aspect kept) so that its longer side is at most ``max_side``."""
-        h, w = self.values.shape
-        if max(h, w) <= max_side:
-            return self
-        scale = max_side / max(h, w)
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        small = np.asarray(Image.fromarray(self.values.astype(np.float32), mode="F").resize(size, Image.LANCZOS))
-        return RawImage(small, self.center, self.width, self.invert, self.units)

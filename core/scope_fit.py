@@ -74,9 +74,12 @@ def report(data_dir=None, root: Path | None = None) -> dict:
                                 "scope": float(np.mean([r.out_of_scope for r in found])),
                                 "either": float(np.mean([r.flagged for r in found]))}
     for path in sorted((data_dir.parent / "adult_samples").glob("*.png")):
-        r = check(read_upload(path.read_bytes(), path.name).gray)[0]
+        film = read_upload(path.read_bytes(), path.name).gray[None]
+        r = check(film)[0]
         out["adult_samples"][path.name] = {"guard_score": r.score, "guard_cutoff": r.cutoff, "scope_score": r.scope_score,
-                                           "scope_cutoff": r.scope_cutoff, "withheld": r.flagged}
+                                           "scope_cutoff": r.scope_cutoff, "withheld": r.flagged,
+                                           "scope_distances": {k: float(v[0]) for k, v in
+                                                               check.scope_distances(film).items()}}
     return out
 
 
@@ -97,7 +100,8 @@ def main(argv=None) -> int:
         for variant, r in result["test"].items():
             print(f"test {variant:14s} withheld: guard {r['guard']:.1%}, scope {r['scope']:.1%}, either {r['either']:.1%}")
         for name, r in result["adult_samples"].items():
-            print(f"{name}: guard {r['guard_score']:.3f}, scope {r['scope_score']:.3f}, withheld {r['withheld']}")
+            print(f"{name}: guard {r['guard_score']:.3f}, scope {r['scope_score']:.3f}, withheld {r['withheld']}; "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r["scope_distances"].items()))
         return 0
     record = fit_and_save(args.data_dir, root=args.out)
     print(f"kept {', '.join(record['kept'])}; cut-off {record['cutoff']:.3f}")

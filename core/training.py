@@ -181,7 +181,7 @@ def encode_all(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     each image draws from its own generator, spawned from ``rng``, so the result does not depend on the threads."""
     seeds = rng.spawn(len(gray))
     with ThreadPoolExecutor(data_workers()) as pool:
-        return np.stack(list(pool.map(lambda g, r: encoding_path(g, r), gray, seeds)))
+        return np.stack(list(pool.map(encoding_path, gray, seeds)))
 
 
 ENCODED_VIEWS = 3  # re-encoded views per training image, beside the image itself, for a frozen backbone

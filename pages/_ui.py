@@ -48,9 +48,9 @@ def get_model(name: str) -> LoadedModel:
 
 def _long_lived(component):
     """``component``, with everything allocated so far moved out of the garbage collector's sight
-    (:func:`gc.freeze`). The models' Python objects live as long as the server, and scanning them in a
-    full collection cost about 0.4 s in the middle of a diagnosis."""
-    gc.collect()
+    (:func:`gc.freeze`, no collection first: that would add a full scan to each load). The models' Python
+    objects live as long as the server, and scanning them in a full collection cost about 0.4 s in the
+    middle of a diagnosis."""
     gc.freeze()
     return component
 

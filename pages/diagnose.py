@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -171,7 +173,7 @@ source_image = source_image if source_image is not None else rows[0][1]
 file_size = f"{source_image.shape[1]} × {source_image.shape[0]}"
 source_image = fit_within(source_image)  # a very large scan is shown at most 1600 pixels wide or high
 raw = read[keys[shown]].raw  # DICOM or a 16-bit file: the window works on the file's own values
-raw = raw.fit_within() if raw is not None else None
+raw = replace(raw, values=fit_within(raw.values)) if raw is not None else None
 with control_col:
     over = st.selectbox("Heatmap over the X-ray", ["none", *[r[2].model for r in rows]], index=1, key="dx_view_model")
     if raw is None:
