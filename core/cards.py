@@ -49,7 +49,7 @@ RECOMMENDATION_RULE = (
 )
 """Which model Diagnose leads with, written into every card (``recommendation``)."""
 
-_OPTIONAL = ("soup", "wise_ft", "calibration")  # written only when the model has them
+_OPTIONAL = ("soup", "wise_ft", "calibration", "gradcam_method")  # written only when the model has them
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,7 @@ class ModelCard:
     weights_file: str = "model.keras"
     intended_use: str = INTENDED_USE
     limitations: list[str] = field(default_factory=lambda: list(LIMITATIONS))
+    gradcam_method: str | None = None  # "hirescam" where the map is not Grad-CAM (core.gradcam.GradCam)
     calibration: dict[str, Any] | None = None  # temperature scaling fitted on validation (core.calibration)
     recommendation: dict[str, Any] = field(default_factory=lambda: {"rule": RECOMMENDATION_RULE,
                                                                     "score": "val_metrics.roc_auc"})
@@ -125,7 +126,7 @@ class ModelCard:
 
 _ORDER = (
     "name", "kind", "backbone", "input_shape", "preprocessing", "labels", "output", "threshold", "threshold_rule",
-    "gradcam_layer", "parameters", "trainable_parameters_in_training", "config", "initialised_from", "seed", "soup",
+    "gradcam_layer", "gradcam_method", "parameters", "trainable_parameters_in_training", "config", "initialised_from", "seed", "soup",
     "wise_ft", "data", "best_epoch", "epochs_run", "val_metrics", "calibration", "weights_file", "weights_sha256", "date",
     "hardware", "training_time_s", "intended_use", "limitations", "recommendation",
 )
@@ -141,13 +142,15 @@ def recommended(cards: list[ModelCard]) -> str | None:
 def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: int, trainable_parameters: int,
                   threshold: float, val_metrics: dict, data: dict, history_len: int, best_epoch,
                   weights_sha256: str, hardware: str, training_time_s: float, init_sha: str | None = None,
-                  soup: dict | None = None, wise_ft: dict | None = None, calibration: dict | None = None) -> ModelCard:
+                  soup: dict | None = None, wise_ft: dict | None = None, calibration: dict | None = None,
+                  gradcam_method: str | None = None) -> ModelCard:
     """The card of a model a :class:`core.config.Recipe` just produced.
 
     Args:
         recipe: The recipe trained.
         spec: The input it was trained on.
         gradcam_layer: The layer Grad-CAM explains.
+        gradcam_method: ``"hirescam"`` where the map is HiResCAM rather than Grad-CAM.
         parameters: All parameters of the shipped model.
         trainable_parameters: Those that trained.
         threshold: The decision threshold chosen on validation by ``recipe.threshold_rule``.
@@ -172,6 +175,7 @@ def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: in
         threshold=threshold,
         threshold_rule=THRESHOLD_RULES[recipe.threshold_rule],
         gradcam_layer=gradcam_layer,
+        gradcam_method=gradcam_method,
         parameters=parameters,
         trainable_parameters_in_training=trainable_parameters,
         config=recipe.to_dict(),

@@ -12,7 +12,7 @@ class Recipe:
     """Everything that decides how a model is built and trained."""
 
     name: str
-    kind: str  # baseline | transfer | finetuned
+    kind: str  # baseline | transfer | finetuned | lungpool (frozen backbone, features pooled over the lungs)
     backbone: str | None = "efficientnet_lite0"
     input_size: tuple[int, int] = (224, 224)
     epochs: int = 10
@@ -33,6 +33,7 @@ class Recipe:
     # > 0: the model sees only the lungs dilated by this many pixels (train: human masks, serve: the segmenter's)
     lung_margin: int = 0
     lung_margin_jitter: int = 0  # training draws each image's margin from lung_margin ± this
+    blur_sigma: float = 0.0  # > 0: a fixed Gaussian low-pass of the input before equalisation (train and serve)
     augment: bool = True
     # fine-tuning depth: the study trained the top 50 of ResNet50's 175 layers (29 %);
     # the same share of Lite0's 141 layers is 41.
@@ -134,18 +135,33 @@ LUNG_FOCUS_NOTE = (
 ENCODING_NOTE = ("Every training image is re-encoded at random as other files would bring it (resampling, blur, "
                  "noise, JPEG; core.augment.encoding_path), so that the answer does not depend on the file's encoding.")
 
-RECIPES["lungfocus_head"] = replace(
-    RECIPES["transfer"], name="lungfocus_head", encoding_augment=True, lung_margin=7, lung_margin_jitter=4,
-    notes=["Stage 1 of 'lungfocus' (not shipped on its own): the 'transfer' recipe on lung-only input, the head "
+RECIPES["lungfocus_v8_head"] = replace(
+    RECIPES["transfer"], name="lungfocus_v8_head", encoding_augment=True, lung_margin=7, lung_margin_jitter=4,
+    notes=["Stage 1 of 'lungfocus_v8' (not shipped on its own): the 'transfer' recipe on lung-only input, the head "
            "trained on the pooled features of each image and three re-encoded views of it.",
            LUNG_FOCUS_NOTE, EQUALIZE_NOTE])
-RECIPES["lungfocus"] = replace(
-    RECIPES["finetuned"], name="lungfocus", init_from="lungfocus_head", encoding_augment=True, lung_margin=7,
+RECIPES["lungfocus_v8"] = replace(
+    RECIPES["finetuned"], name="lungfocus_v8", init_from="lungfocus_v8_head", encoding_augment=True, lung_margin=7,
     lung_margin_jitter=4,
-    notes=[RECIPES["finetuned"].notes[0].replace("'transfer' model", "'lungfocus_head' model"),
+    notes=[RECIPES["finetuned"].notes[0].replace("'transfer' model", "'lungfocus_v8_head' model"),
            *RECIPES["finetuned"].notes[1:-1],
            "Shipped weights: the average of the four stage-2 runs (seeds 42-45), mixed half and half with the "
-           "'lungfocus_head' weights they started from (WiSE-FT).", LUNG_FOCUS_NOTE, ENCODING_NOTE])
+           "'lungfocus_v8_head' weights they started from (WiSE-FT).", LUNG_FOCUS_NOTE, ENCODING_NOTE])
+
+LUNG_POOL_NOTE = (
+    "The model looks at the lungs by how it pools: in the same pass, the shipped lung decoder (frozen) finds the "
+    "lungs from the backbone's own features, and the head averages the 7 x 7 features only over the cells that are "
+    "more than half lung (weight clip((f - 0.5) / 0.5, 0, 1) for a cell whose mean P(lung) is f, plus 0.001 each). "
+    "The map shown is HiResCAM on those features: each cell's own contribution to the logit, next to nothing where a "
+    "cell is not lung."
+)
+BLUR_NOTE = ("The input is blurred (Gaussian, sigma 2 px) before equalisation, in training and in serving, so that a "
+             "file's fine JPEG and resampling artefacts carry no signal.")
+RECIPES["lungfocus"] = replace(
+    RECIPES["transfer"], name="lungfocus", kind="lungpool", encoding_augment=True, blur_sigma=2.0,
+    notes=["Backbone frozen (ImageNet weights) and the lung decoder frozen; the head is trained on the lung-pooled "
+           "features of each training image and of three re-encoded views of it (v9 in docs/lungs.md).",
+           LUNG_POOL_NOTE, BLUR_NOTE, EQUALIZE_NOTE, ENCODING_NOTE])
 
 
 def get_recipe(name: str) -> Recipe:

@@ -96,7 +96,8 @@ class LoadedModel:
         self.segmenter = lungs if self.needs_lungs else None
         head = lungs.head_for(self.keras_model, self.spec) if lungs is not None and not self.needs_lungs else None
         self.gives_lungs = head is not None
-        self.explainer = GradCam(self.keras_model, self.card.gradcam_layer, head, TAPS if head is not None else ())
+        self.explainer = GradCam(self.keras_model, self.card.gradcam_layer, head, TAPS if head is not None else (),
+                                 method=self.card.gradcam_method or "gradcam")
         self.explainer.warm_up()
 
     def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32, lungs: bool = False,

@@ -1,4 +1,4 @@
-"""Model builders: baseline CNN, transfer (frozen backbone) and fine-tuned.
+"""Model builders: baseline CNN, transfer (frozen backbone), fine-tuned, and lung-pooled.
 
 Every model maps a normalised image to P(pneumonia) and shares the head
 ``avg_pool -> head_dropout -> logit -> prediction`` so Grad-CAM finds its layers by name.
@@ -14,6 +14,8 @@ from core.preprocessing import InputSpec
 
 __all__ = [
     "CentralBandErasing",
+    "LungCellPooling",
+    "lungpool",
     "GRADCAM_LAYERS",
     "baseline",
     "transfer",
@@ -85,6 +87,35 @@ def finetuned(backbone: str = "efficientnet_lite0", input_size=(224, 224), dropo
     return model
 
 
+def lungpool(backbone: str = "efficientnet_lite0", input_size=(224, 224), dropout: float = 0.5,
+             weights: str | None = "imagenet", decoder: keras.Model | None = None) -> keras.Model:
+    """Frozen backbone whose head averages the top features over the lungs, found in the same pass.
+
+    The lung decoder (:func:`core.segmenter.build_decoder`; frozen) reads the backbone's own taps and
+    the input; :class:`LungCellPooling` (named ``avg_pool``, so the frozen-head training and Grad-CAM find
+    it as in ``transfer``) weights each cell of ``top_activation`` by how much of it is lung.
+
+    Args:
+        decoder: The trained lung decoder; ``None`` builds an untrained one (for tests).
+    """
+    from core.segmenter import TAPS, build_decoder  # the segmenter module builds on this one's backbone
+
+    base = build_backbone(backbone, (*input_size, 3), weights=weights)
+    base.trainable = False
+    decoder = decoder or build_decoder()
+    decoder.trainable = False
+    image = base.input
+    lungs = decoder([*(base.get_layer(n).output for n in TAPS), image])
+    x = LungCellPooling(name="avg_pool")([base.output, lungs])
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    x = layers.Dense(1, name="logit")(x)
+    out = layers.Activation("sigmoid", name="prediction", dtype="float32")(x)
+    model = keras.Model(image, out, name="lungpool")
+    for layer in model.layers:
+        layer.trainable = layer.name in ("logit",)
+    return model
+
+
 def set_trainable_top(model: keras.Model, n: int) -> list[str]:
     """Make the last ``n`` backbone layers (and the head) trainable; return their names.
 
@@ -105,25 +136,59 @@ def set_trainable_top(model: keras.Model, n: int) -> list[str]:
 
 
 def input_spec_for(kind: str, backbone: str | None, input_size=(224, 224), equalize: bool = False,
-                   lung_margin: int = 0) -> InputSpec:
+                   lung_margin: int = 0, blur_sigma: float = 0.0) -> InputSpec:
     """The preprocessing a model of this kind and backbone expects."""
     if kind == "baseline":
         return InputSpec(size=tuple(input_size), channels=1, mean=0.0, std=255.0, equalize=equalize,
-                         lung_margin=lung_margin)
-    return InputSpec(size=tuple(input_size), equalize=equalize, lung_margin=lung_margin,
+                         lung_margin=lung_margin, blur_sigma=blur_sigma)
+    return InputSpec(size=tuple(input_size), equalize=equalize, lung_margin=lung_margin, blur_sigma=blur_sigma,
                      **BACKBONES[backbone]["preprocessing"])
 
 
 def build_model(kind: str, backbone: str | None = "efficientnet_lite0", input_size=(224, 224),
-                dropout: float = 0.5, weights: str | None = "imagenet", trainable_top_layers: int = 41):
-    """Build any of the three kinds by name."""
+                dropout: float = 0.5, weights: str | None = "imagenet", trainable_top_layers: int = 41,
+                decoder: keras.Model | None = None):
+    """Build any of the four kinds by name (``decoder``: the lung decoder a ``lungpool`` model uses)."""
     if kind == "baseline":
         return baseline(input_size, dropout)
     if kind == "transfer":
         return transfer(backbone, input_size, dropout, weights)
     if kind == "finetuned":
         return finetuned(backbone, input_size, dropout, weights, trainable_top_layers)
-    raise ValueError(f"Unknown model kind {kind!r}. Available: baseline, transfer, finetuned")
+    if kind == "lungpool":
+        return lungpool(backbone, input_size, dropout, weights, decoder)
+    raise ValueError(f"Unknown model kind {kind!r}. Available: baseline, transfer, finetuned, lungpool")
+
+
+@keras.saving.register_keras_serializable(package="pneumonia")
+class LungCellPooling(layers.Layer):
+    """Average of a feature map ``(N, h, w, C)`` over its lung cells, given P(lung) ``(N, H, W, 1)``.
+
+    Each cell's weight is ``clip((f - low) / (high - low), 0, 1) + floor``, ``f`` the cell's mean P(lung):
+    continuous, so that a slightly different mask moves the answer only slightly; ``floor`` averages an
+    image without lungs over the whole map. The gradient of the pooled value at a cell is its weight over
+    the weights' sum, so HiResCAM on the features shows each cell's own share of the logit.
+    """
+
+    def __init__(self, low=0.5, high=1.0, floor=1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.low, self.high, self.floor = float(low), float(high), float(floor)
+
+    def cell_weights(self, features, lungs):
+        cell = int(lungs.shape[1]) // int(features.shape[1])
+        frac = keras.ops.average_pool(lungs, pool_size=cell, strides=cell, padding="valid")
+        return keras.ops.clip((frac - self.low) / (self.high - self.low), 0.0, 1.0) + self.floor
+
+    def call(self, inputs):
+        features, lungs = inputs
+        w = keras.ops.cast(self.cell_weights(features, lungs), features.dtype)
+        return keras.ops.sum(features * w, axis=(1, 2)) / keras.ops.sum(w, axis=(1, 2))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], input_shape[0][-1])
+
+    def get_config(self):
+        return {**super().get_config(), "low": self.low, "high": self.high, "floor": self.floor}
 
 
 @keras.saving.register_keras_serializable(package="pneumonia")

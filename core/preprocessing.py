@@ -29,6 +29,7 @@ __all__ = [
     "load_grayscale",
     "squash",
     "equalize",
+    "low_pass",
     "model_view",
     "to_model_input",
     "keep_lungs",
@@ -67,6 +68,9 @@ class InputSpec:
     # > 0: the model sees only the lungs: pixels farther than this many pixels outside the lung mask are
     # set to 0 after equalisation (a lung-focused model; serving takes the mask from the lung segmenter)
     lung_margin: int = 0
+    # > 0: a fixed Gaussian low-pass (sigma in pixels of the 224 x 224 image) before equalisation, so that
+    # a file's fine JPEG and resampling artefacts carry no signal (train and serve alike)
+    blur_sigma: float = 0.0
 
     @classmethod
     def from_card(cls, card) -> InputSpec:
@@ -80,8 +84,9 @@ class InputSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if not self.lung_margin:
-            del d["lung_margin"]  # cards written before it existed stay as they are
+        for key in ("lung_margin", "blur_sigma"):
+            if not d[key]:
+                del d[key]  # cards written before they existed stay as they are
         d["size"] = list(self.size)
         for key in ("mean", "std"):
             if isinstance(d[key], tuple):
@@ -254,7 +259,18 @@ def model_view(gray: np.ndarray, spec: InputSpec) -> np.ndarray:
     gray = np.asarray(gray)
     if gray.shape[-2:] != tuple(spec.size):
         gray = squash(gray, spec.size) if gray.ndim == 2 else np.stack([squash(g, spec.size) for g in gray])
+    if spec.blur_sigma:
+        gray = low_pass(gray, spec.blur_sigma)
     return equalize(gray) if spec.equalize else gray
+
+
+def low_pass(gray: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of uint8 image(s) ``(H, W)`` or ``(N, H, W)``, each on its own (reflected edges), rounded
+    back to uint8; a new array."""
+    gray = np.asarray(gray)
+    sigmas = (sigma, sigma) if gray.ndim == 2 else (0, sigma, sigma)
+    out = ndimage.gaussian_filter(gray.astype(np.float32), sigmas)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def keep_lungs(view: np.ndarray, lungs: np.ndarray, margin) -> np.ndarray:

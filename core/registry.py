@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS_DIR = ROOT / "models"
-MODEL_NAMES = ("baseline", "transfer", "finetuned")
+MODEL_NAMES = ("baseline", "transfer", "finetuned", "lungfocus")
 GUARD_NAME = "ood"
 LUNGS_NAME = "lungs"
 

@@ -35,7 +35,7 @@ from core.preprocessing import InputSpec, to_model_input
 from core.registry import lungs_files, sha256_file, verify_sha256, write_card
 from core.runtime import cache_dir, compiled_forward, hardware
 
-__all__ = ["TAPS", "SPEC", "build_taps", "build_decoder", "build_segmenter", "augment_pair", "LungSegmenter",
+__all__ = ["TAPS", "SPEC", "build_taps", "build_decoder", "build_segmenter", "shipped_decoder", "augment_pair", "LungSegmenter",
            "train_segmenter", "main"]
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,21 @@ def _load_decoder(arrays: dict[str, np.ndarray]) -> keras.Model:
     return decoder
 
 
+def shipped_decoder(root: Path | None = None) -> keras.Model:
+    """The shipped lung decoder (sha256-checked against its card), for a model that finds the lungs itself.
+
+    Raises:
+        FileNotFoundError: No segmenter is shipped.
+        ModelIntegrityError: ``decoder.npz`` is not the file its card describes.
+    """
+    files = lungs_files(root)
+    if not files.weights.exists():
+        raise FileNotFoundError("No lung segmenter under models/lungs (run: python -m core.segmenter).")
+    verify_sha256(files.weights, json.loads(files.card.read_text()).get("weights_sha256"), "The lung segmenter")
+    with np.load(files.weights, allow_pickle=False) as f:
+        return _load_decoder(dict(f))
+
+
 class LungSegmenter:
     """The shipped segmenter (sha256-checked), compiled once: grayscale images -> P(lung) maps.
 
@@ -102,13 +117,8 @@ class LungSegmenter:
     """
 
     def __init__(self, root: Path | None = None):
-        files = lungs_files(root)
-        if not files.weights.exists():
-            raise FileNotFoundError("No lung segmenter under models/lungs (run: python -m core.segmenter).")
-        self.card = json.loads(files.card.read_text())
-        verify_sha256(files.weights, self.card.get("weights_sha256"), "The lung segmenter")
-        with np.load(files.weights, allow_pickle=False) as f:
-            self.decoder = _load_decoder(dict(f))
+        self.decoder = shipped_decoder(root)
+        self.card = json.loads(lungs_files(root).card.read_text())
         self.taps = build_taps()
         self._forward = compiled_forward(build_segmenter(self.decoder, self.taps))
         self(np.zeros((1, 224, 224), np.uint8))  # warm up

@@ -37,6 +37,7 @@ from core.models import GRADCAM_LAYERS, augmentation, build_model, input_spec_fo
 from core.preprocessing import InputSpec, to_model_input
 from core.registry import load_card, load_keras_model, model_files, models_dir, sha256_file, write_card
 from core.runtime import cache_dir, hardware
+from core.segmenter import shipped_decoder
 
 __all__ = ["Batches", "train", "predict_arrays"]
 
@@ -129,8 +130,10 @@ def _compile(model, recipe: Recipe) -> None:
 
 
 def _build(recipe: Recipe, weights: list | None = None) -> keras.Model:
+    # a lung-pooled model finds the lungs with the shipped decoder (sha256-checked), frozen
+    decoder = shipped_decoder() if recipe.kind == "lungpool" else None
     model = build_model(recipe.kind, recipe.backbone, recipe.input_size, recipe.dropout,
-                        "imagenet", recipe.trainable_top_layers)
+                        "imagenet", recipe.trainable_top_layers, decoder)
     if weights is not None:
         model.set_weights(weights)
     return model
@@ -183,6 +186,9 @@ def encode_all(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     with ThreadPoolExecutor(data_workers()) as pool:
         return np.stack(list(pool.map(encoding_path, gray, seeds)))
 
+
+FROZEN_KINDS = ("transfer", "lungpool")  # backbone frozen: the head trains on features computed once
+MAP_METHODS = {"lungpool": "hirescam"}  # the map a kind is explained by, where not Grad-CAM (core.gradcam)
 
 ENCODED_VIEWS = 3  # re-encoded views per training image, beside the image itself, for a frozen backbone
 
@@ -245,7 +251,7 @@ def _train_run(member: Recipe, folder: Path, data: _Data, start: _Start) -> tupl
     spent_before = state.setdefault("elapsed_s", 0.0)  # by earlier, interrupted calls
     keras.utils.set_random_seed(member.seed)
     model = _build(member, start.weights)
-    if member.kind == "transfer":
+    if member.kind in FROZEN_KINDS:
         model = _fit_frozen_head(member, model, data, folder, state)
         model.save(folder / "best.keras")
     else:
@@ -259,7 +265,8 @@ def _train_run(member: Recipe, folder: Path, data: _Data, start: _Start) -> tupl
 
 def _load_data(recipe: Recipe, data_dir: Path) -> _Data:
     train, val = split_train_val(list_split(data_dir, "train"), recipe.val_fraction, recipe.seed)
-    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize, recipe.lung_margin)
+    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize, recipe.lung_margin,
+                          recipe.blur_sigma)
     m_tr = m_va = None
     if recipe.lung_margin:  # a lung-focused recipe trains on the images with a human lung mask
         mask_dir = find_mask_dir()
@@ -348,6 +355,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     _write_history(files.history, history)
     card = assemble_card(
         recipe=recipe, spec=data.spec, gradcam_layer=GRADCAM_LAYERS[recipe.backbone or "baseline"],
+        gradcam_method=MAP_METHODS.get(recipe.kind),
         parameters=int(model.count_params()),
         trainable_parameters=int(sum(np.prod(w.shape) for w in model.trainable_weights)),
         threshold=threshold,

@@ -53,3 +53,47 @@ def test_augmentation_only_changes_training_inputs():
     x = np.random.default_rng(0).uniform(-1, 1, (2, 224, 224, 3)).astype(np.float32)
     assert np.allclose(keras.ops.convert_to_numpy(aug(x, training=False)), x)
     assert not np.allclose(keras.ops.convert_to_numpy(aug(x, training=True)), x)
+
+
+def test_lung_cell_pooling_averages_the_lung_cells_only():
+    from core.models import LungCellPooling
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2, 7, 7, 5)).astype(np.float32)
+    lungs = np.zeros((2, 224, 224, 1), np.float32)
+    lungs[0, :, :96] = 1.0  # image 0: the left three cells of each row are lung
+    pool = LungCellPooling()
+    got = keras.ops.convert_to_numpy(pool([features, lungs]))
+    w0 = np.full((7, 7), 1e-3)
+    w0[:, :3] += 1.0
+    assert np.allclose(got[0], (features[0] * w0[..., None]).sum(axis=(0, 1)) / w0.sum(), atol=1e-5)
+    # no lungs at all: the plain average over the whole map
+    assert np.allclose(got[1], features[1].mean(axis=(0, 1)), atol=1e-5)
+    # a cell that is half lung gets no weight, three quarters lung half the weight (continuous)
+    lungs[1, :, :] = 0.0
+    lungs[1, :32, :16] = 1.0   # cell (0, 0): half lung
+    lungs[1, 32:64, :24] = 1.0  # cell (1, 0): three quarters lung
+    w = keras.ops.convert_to_numpy(pool.cell_weights(features, lungs))[1, ..., 0]
+    assert w[0, 0] == pytest.approx(1e-3) and w[1, 0] == pytest.approx(0.5 + 1e-3) and w[3, 3] == pytest.approx(1e-3)
+
+
+def test_a_lung_pooled_model_finds_its_lungs_in_its_own_pass_and_its_map_decomposes_the_logit():
+    """The lungpool builder: one input, the decoder on the backbone's own taps; HiResCAM on top_activation sums,
+    over the cells, to the logit (minus the bias), and a cell outside the lungs carries next to nothing."""
+    from core.gradcam import GradCam
+    from core.models import lungpool
+    from core.segmenter import shipped_decoder
+
+    model = lungpool(weights=None, decoder=shipped_decoder())
+    assert len(model.inputs) == 1 and model.get_layer("avg_pool").__class__.__name__ == "LungCellPooling"
+    assert [w.name for w in model.trainable_weights] == ["kernel", "bias"]  # the dense head only
+    x = np.random.default_rng(1).normal(size=(2, 224, 224, 3)).astype(np.float32)
+    prob, signed = GradCam(model, "top_activation", method="hirescam")(x)
+    bias = float(model.get_layer("logit").get_weights()[1][0])
+    logit = np.log(prob / (1 - prob))
+    assert np.allclose(signed.sum(axis=(1, 2)) + bias, logit, atol=1e-3)
+    probe = keras.Model(model.inputs, model.get_layer("avg_pool").input)  # [top_activation, P(lung)]
+    features, lungs = (keras.ops.convert_to_numpy(t) for t in probe(x))
+    w = keras.ops.convert_to_numpy(model.get_layer("avg_pool").cell_weights(features, lungs))[..., 0]
+    contribution = features @ model.get_layer("logit").get_weights()[0][:, 0]
+    assert np.allclose(signed, w / w.sum(axis=(1, 2), keepdims=True) * contribution, atol=1e-4)

@@ -166,6 +166,7 @@ def test_to_model_input_equalizes_only_when_the_spec_says_so():
 
 @pytest.mark.parametrize("spec", [InputSpec(size=(128, 96), channels=1, mean=0.0, std=255.0),
                                   InputSpec(equalize=True),
+                                  InputSpec(equalize=True, blur_sigma=2.0),
                                   InputSpec(channels=3, mean=(103.939, 116.779, 123.68), std=1.0)])
 def test_spec_round_trips_through_a_card(spec):
     import json
@@ -218,3 +219,26 @@ def test_a_lung_focused_input_keeps_the_lungs_and_a_margin_only():
     assert "lung_margin" not in InputSpec().to_dict()  # cards of models that see the whole image are unchanged
     with pytest.raises(ValueError, match="shape"):
         keep_lungs(view, PAIR[None], 7)
+
+
+def test_a_blurred_input_is_low_passed_before_equalisation_and_only_when_the_spec_says_so():
+    from scipy import ndimage
+
+    from core.preprocessing import low_pass
+
+    gray = squash(BASE)
+    spec = InputSpec(equalize=True, blur_sigma=2.0)
+    blurred = np.clip(np.rint(ndimage.gaussian_filter(gray.astype(np.float32), 2.0)), 0, 255).astype(np.uint8)
+    assert np.array_equal(low_pass(gray, 2.0), blurred)
+    assert np.array_equal(model_view(gray, spec), equalize(blurred))
+    # batches blur each image on its own; the input is not modified
+    before = gray.copy()
+    assert np.array_equal(model_view(np.stack([gray, gray[::-1]]), spec)[1], equalize(low_pass(gray[::-1], 2.0)))
+    assert np.array_equal(gray, before)
+    # fine detail is what it removes: a one-pixel checkerboard is flattened, a broad gradient is kept
+    checker = (np.indices((64, 64)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    assert low_pass(checker, 2.0).std() < 2 and low_pass(checker, 2.0).mean() == pytest.approx(127.5, abs=1)
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    assert np.abs(low_pass(ramp, 2.0)[:, 8:-8].astype(int) - ramp[:, 8:-8]).max() <= 1
+    # a spec without blur writes no key (cards written before it existed stay as they are)
+    assert "blur_sigma" not in InputSpec(equalize=True).to_dict() and spec.to_dict()["blur_sigma"] == 2.0

@@ -69,9 +69,15 @@ def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
 
 def test_recipes_are_complete():
     ft = RECIPES["finetuned"]
-    assert set(RECIPES) == {"baseline", "transfer", "finetuned", "lungfocus_head", "lungfocus"}
-    lf = RECIPES["lungfocus"]
-    assert lf.init_from == "lungfocus_head" and RECIPES["lungfocus_head"].lung_margin == lf.lung_margin == 7
+    assert set(RECIPES) == {"baseline", "transfer", "finetuned", "lungfocus_v8_head", "lungfocus_v8", "lungfocus"}
+    # v9 (docs/lungs.md, section 5): the transfer recipe, pooled over the lungs, blurred input, re-encoded views
+    v9 = RECIPES["lungfocus"]
+    assert v9.kind == "lungpool" and v9.blur_sigma == 2.0 and v9.encoding_augment and v9.equalize
+    differs = ("name", "kind", "notes", "blur_sigma", "encoding_augment")
+    assert {k: v for k, v in v9.to_dict().items() if k not in differs} == \
+        {k: v for k, v in RECIPES["transfer"].to_dict().items() if k not in differs}
+    lf = RECIPES["lungfocus_v8"]
+    assert lf.init_from == "lungfocus_v8_head" and RECIPES["lungfocus_v8_head"].lung_margin == lf.lung_margin == 7
     assert lf.encoding_augment and lf.lung_margin_jitter == 4
     # the lung-focused model is the finetuned recipe with only its input (and stage 1) changed
     same = lambda r: {k: v for k, v in r.to_dict().items()  # noqa: E731
@@ -275,7 +281,7 @@ def test_a_frozen_head_trains_on_reencoded_views(tmp_path, monkeypatch):
 
 
 def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tmp_path, monkeypatch):
-    """Stage 1 of 'lungfocus' on tiny data: its card says it sees only the lungs, images without a mask are
+    """Stage 1 of v8's 'lungfocus' on tiny data: its card says it sees only the lungs, images without a mask are
     left out, and serving feeds it the lungs found by a segmenter (it cannot run without them)."""
     from PIL import Image
 
@@ -292,12 +298,12 @@ def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tm
             Image.fromarray(PAIR.astype(np.uint8) * 255).save(tmp_path / "masks" / "train" / label / f"{image.stem}.png")
     monkeypatch.setenv("PNEUMONIA_MASKS_DIR", str(tmp_path / "masks"))
     out = tmp_path / "models"
-    train(get_recipe("lungfocus_head").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
-    card = load_card("lungfocus_head", out)
+    train(get_recipe("lungfocus_v8_head").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    card = load_card("lungfocus_v8_head", out)
     assert card.spec.lung_margin == 7 and card.config["lung_margin_jitter"] == 4
     assert card.data["train_images"] + card.data["val_images"] == 22
 
-    model = load_model("lungfocus_head", out, lungs=LungSegmenter())
+    model = load_model("lungfocus_v8_head", out, lungs=LungSegmenter())
     assert model.needs_lungs and not model.gives_lungs
     gray = np.stack([np.asarray(Image.open(p).convert("L").resize((224, 224)))
                      for p in sorted((data / "train" / "PNEUMONIA").iterdir())[:3]])
@@ -309,9 +315,38 @@ def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tm
     from core.calibration import apply_temperature
 
     shown = apply_temperature(expected, card.temperature)  # serving shows calibrated probabilities
-    assert [r.diagnoses["lungfocus_head"].probability for r in readings] == pytest.approx(shown, abs=1e-5)
+    assert [r.diagnoses["lungfocus_v8_head"].probability for r in readings] == pytest.approx(shown, abs=1e-5)
     # more images than one batch: every batch keeps its own lungs (the model's own segmenter, and the given masks)
     in_pairs = model.diagnose_gray(gray, batch_size=2)
     assert [d.probability for d in in_pairs] == pytest.approx(shown, abs=1e-5)
     given = model.diagnose_gray(gray, batch_size=2, masks=np.stack([r.lungs for r in readings]))
     assert [d.probability for d in given] == pytest.approx(shown, abs=1e-5)
+
+
+def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hirescam(tmp_path, monkeypatch):
+    """v9's 'lungfocus' on tiny data: a frozen-head run on the lung-pooled features of each image and its
+    re-encoded views; the card records the blur and the map method; serving needs no lungs handed to it and
+    shows the Keras model's own probability on the blurred, equalised input."""
+    from PIL import Image
+
+    from core.calibration import apply_temperature
+    from core.inference import load_model
+    from core.preprocessing import to_model_input
+    from core.training import ENCODED_VIEWS, train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
+    out = tmp_path / "models"
+    train(get_recipe("lungfocus").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    with np.load(tmp_path / "cache" / "runs" / "lungfocus" / "features.npz") as f:
+        assert len(f["train"]) == (1 + ENCODED_VIEWS) * 12 and f["train"].shape[1] == 1280
+    card = load_card("lungfocus", out)
+    assert card.kind == "lungpool" and card.gradcam_method == "hirescam" and card.gradcam_layer == "top_activation"
+    assert card.spec.blur_sigma == 2.0 and card.spec.equalize and not card.spec.lung_margin
+    model = load_model("lungfocus", out)
+    assert not model.needs_lungs and not model.gives_lungs and model.explainer.method == "hirescam"
+    gray = np.stack([np.asarray(Image.open(p).convert("L").resize((224, 224)))
+                     for p in sorted((data / "train" / "PNEUMONIA").iterdir())[:3]])
+    expected = model.keras_model.predict(to_model_input(gray, card.spec), verbose=0)[:, 0]
+    shown = [d.probability for d in model.diagnose_gray(gray, batch_size=2)]
+    assert shown == pytest.approx(apply_temperature(expected, card.temperature), abs=1e-5)
