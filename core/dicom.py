@@ -18,7 +18,11 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_spac
 from core.errors import ImageDecodeError
 from core.rawimage import RawImage, linear_window
 
-__all__ = ["decode_dicom", "read_dicom", "dicom_summary", "is_dicom"]
+__all__ = ["decode_dicom", "read_dicom", "dicom_summary", "is_dicom", "patient_age_years", "AGE_KEY"]
+
+AGE_KEY = "patient age (years)"
+"""The summary's entry for the header's PatientAge, in years (capped at 90, as de-identification rules ask)."""
+_AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
 def is_dicom(data: bytes) -> bool:
@@ -122,11 +126,24 @@ def dicom_summary(data: bytes) -> dict:
     return _summary(_read(data, None, header_only=True))  # the pixels are not needed (nor read) here
 
 
+def patient_age_years(value) -> float | None:
+    """The header's PatientAge (DICOM "AS": ``nnnD``, ``nnnW``, ``nnnM`` or ``nnnY``) in years, capped at 90;
+    ``None`` when absent or not in that form."""
+    text = str(value or "").strip().upper()
+    if len(text) < 2 or text[-1] not in _AGE_UNITS or not text[:-1].isdigit():
+        return None
+    return round(min(int(text[:-1]) * _AGE_UNITS[text[-1]], 90.0), 2)
+
+
 def _summary(ds) -> dict:
-    return {
+    out = {
         "modality": str(ds.get("Modality", "unknown")),
         "view position": str(ds.get("ViewPosition", "") or "not stated"),
         "size": f"{ds.get('Columns', '?')} × {ds.get('Rows', '?')} px",
         "frames": int(ds.get("NumberOfFrames", 1) or 1),
         "bits stored": int(ds.get("BitsStored", 0) or 0),
     }
+    age = patient_age_years(ds.get("PatientAge"))
+    if age is not None:  # an age is not an identifier below 90 (HIPAA safe harbour); it decides scope
+        out[AGE_KEY] = age
+    return out

@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from core.calibration import apply_temperature
+from core.dicom import AGE_KEY
 from core.errors import ImageDecodeError
 from core.gradcam import GradCam, class_map, normalise, upsample
 from core.lungs import implausible_lungs, lung_energy
-from core.ood import OODCheck, OODResult
+from core.ood import OODCheck, OODResult, stated_age_note
 from core.preprocessing import decode_full, squash, to_model_input
 from core.rawimage import RawImage
 from core.registry import load_card, load_keras_model, lungs_files
@@ -42,6 +43,7 @@ __all__ = [
     "read_file",
     "ImageReading",
     "score",
+    "with_stated_age",
 ]
 
 
@@ -145,6 +147,11 @@ class Upload:
     original: np.ndarray | None = None  # the decoded image at its own resolution (uint8), for viewing only
     raw: RawImage | None = None  # its values before any window (DICOM, 16-bit files), for the viewer's window
 
+    @property
+    def stated_age(self) -> float | None:
+        """The patient's age in years as the DICOM header states it (``None``: not DICOM, or not stated)."""
+        return (self.dicom or {}).get(AGE_KEY)
+
 
 def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None = None) -> Upload:
     """Decode any supported file (JPEG, PNG, BMP, TIFF, DICOM...) once, recognised by content.
@@ -198,6 +205,15 @@ class ImageReading:
             return None
         share = lung_energy(self.diagnoses[model].heatmap(self.lungs.shape), self.lungs)
         return None if np.isnan(share) else share
+
+
+def with_stated_age(reading: ImageReading, upload: Upload) -> ImageReading:
+    """``reading`` with the guard's verdict also withholding a film whose header states an adult's age
+    (:func:`core.ood.stated_age_note`); unchanged when the guard did not run or no adult age is stated."""
+    note = stated_age_note(upload.stated_age)
+    if reading.ood is None or note is None:
+        return reading
+    return replace(reading, ood=replace(reading.ood, age_note=note))
 
 
 def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel] = (),

@@ -52,6 +52,17 @@ OOD_WARNING = (
 
 
 NO_LUNGS_WARNING = "No plausible pair of lungs was found: {note}; its diagnosis is not trustworthy."
+AGE_WARNING = (
+    "The file's DICOM header gives the patient's age as {age:g} years. The models were trained on chest X-rays of "
+    "children aged one to five, so an adult's film is outside what they can read."
+)
+ADULT_AGE_YEARS = 18.0
+"""A stated age from which a film is an adult's, and withheld (:func:`stated_age_note`)."""
+
+
+def stated_age_note(age_years: float | None) -> str | None:
+    """The warning for a film whose header states an adult's age; ``None`` for a child's or no stated age."""
+    return AGE_WARNING.format(age=age_years) if age_years is not None and age_years >= ADULT_AGE_YEARS else None
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,7 @@ class OODResult:
     lungs_note: str | None = None
     scope_score: float | None = None
     scope_cutoff: float | None = None
+    age_note: str | None = None  # the file's header states an adult's age (stated_age_note)
 
     @property
     def out_of_scope(self) -> bool:
@@ -72,11 +84,13 @@ class OODResult:
 
     @property
     def flagged(self) -> bool:
-        return self.score > self.cutoff or self.lungs_note is not None or self.out_of_scope
+        return self.score > self.cutoff or self.lungs_note is not None or self.out_of_scope or self.age_note is not None
 
     @property
     def reason(self) -> str:
         """Why the image is withheld, in a few words (the first that applies); ``""`` when it is not."""
+        if self.age_note is not None:
+            return "an adult's film, by its DICOM header"
         if self.score > self.cutoff:
             return "not like the training X-rays"
         if self.out_of_scope:
@@ -85,7 +99,9 @@ class OODResult:
 
     @property
     def warning(self) -> str:
-        parts = [OOD_WARNING.format(score=self.score, cutoff=self.cutoff)] if self.score > self.cutoff else []
+        parts = [self.age_note] if self.age_note is not None else []
+        if self.score > self.cutoff:
+            parts.append(OOD_WARNING.format(score=self.score, cutoff=self.cutoff))
         if self.out_of_scope:
             parts.append(SCOPE_WARNING.format(score=self.scope_score, cutoff=self.scope_cutoff))
         if self.lungs_note is not None:

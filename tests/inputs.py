@@ -58,7 +58,8 @@ def photo(name: str) -> bytes:
 
 
 def dicom(pixels: np.ndarray | None = BASE, photometric: str = "MONOCHROME2", bits: int = 8, slope=None,
-          intercept=None, window=None, frames: int = 1, syntax=None, raw: bytes | None = None) -> bytes:
+          intercept=None, window=None, frames: int = 1, syntax=None, raw: bytes | None = None,
+          age: str | None = None) -> bytes:
     """A DICOM file built with pydicom, carrying fake patient identifiers."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
@@ -72,6 +73,8 @@ def dicom(pixels: np.ndarray | None = BASE, photometric: str = "MONOCHROME2", bi
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.PatientName, ds.PatientID, ds.PatientBirthDate = SECRET_NAME, SECRET_ID, "20200101"
     ds.Modality, ds.ViewPosition = "DX", "AP"
+    if age is not None:
+        ds.PatientAge = age
     if pixels is not None:
         arr = np.asarray(pixels)
         ds.Rows, ds.Columns = arr.shape[-2:]

@@ -3,6 +3,8 @@ adult films are withheld with the reason, and pediatric test X-rays keep passing
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -93,3 +95,47 @@ def test_refitting_the_guard_keeps_the_scope_checks_record(tmp_path):
     fit_guard(rng.normal(size=(200, 8)), rng.normal(size=(50, 8)), n_components=4).save(tmp_path, {"name": "ood"})
     card = json.loads((tmp_path / "card.json").read_text())
     assert card["scope"] == {"weights_sha256": "abc"} and card["weights_file"] == "guard.npz"
+
+
+def test_a_dicom_header_that_states_an_adults_age_withholds_the_film():
+    """Part 6's one certain signal, where a file carries it: the header's PatientAge (DICOM "AS" form)."""
+    from core.dicom import AGE_KEY, patient_age_years
+    from core.inference import ImageReading, read_upload, with_stated_age
+    from core.ood import OODResult
+    from tests import inputs
+
+    assert [patient_age_years(v) for v in ("045Y", "003Y", "018M", "006W", "010D", "095Y", "", None, "45", "0X3Y")] \
+        == [45.0, 3.0, 1.5, 0.11, 0.03, 90.0, None, None, None, None]
+    adult, child = (read_upload(inputs.dicom(age=a), f"{a}.dcm") for a in ("045Y", "004Y"))
+    undated = read_upload(inputs.dicom(), "plain.dcm")
+    assert adult.stated_age == 45.0 and adult.dicom[AGE_KEY] == 45.0 and child.stated_age == 4.0
+    assert undated.stated_age is None and AGE_KEY not in undated.dicom
+    passed = ImageReading(OODResult(score=1.0, cutoff=2.0))
+    assert not passed.flagged
+    held = with_stated_age(passed, adult)
+    assert held.flagged and held.ood.reason == "an adult's film, by its DICOM header"
+    assert "45 years" in held.ood.warning and "children aged one to five" in held.ood.warning
+    assert not with_stated_age(passed, child).flagged and not with_stated_age(passed, undated).flagged
+    assert with_stated_age(ImageReading(None), adult).ood is None  # no guard asked for: nothing to add to
+
+
+def test_the_cli_withholds_a_real_xray_whose_header_says_adult(data_dir, shipped_models, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests import inputs
+    from tests.helpers import ROOT
+
+    sample = sorted((data_dir / "test" / "NORMAL").glob("*.jpeg"))[0]
+    pixels = np.asarray(Image.open(sample).convert("L"))
+    for age in ("045Y", "004Y"):
+        (tmp_path / f"{age}.dcm").write_bytes(inputs.dicom(pixels, age=age))
+    proc = subprocess.run([sys.executable, "-m", "core.predict", "--json", "--model", "finetuned",
+                           tmp_path / "045Y.dcm", tmp_path / "004Y.dcm"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    lines = {Path(r["file"]).stem: r for r in map(json.loads, proc.stdout.splitlines())}
+    assert lines["045Y"]["ood"] is True and lines["045Y"]["reason"] == "an adult's film, by its DICOM header"
+    assert not lines["004Y"].get("ood")  # the same pediatric X-ray, stated as a 4-year-old's, passes
