@@ -21,7 +21,7 @@ def _predictions(name):
 
 
 def test_every_model_ships_its_artifacts(shipped_models):
-    assert set(shipped_models) == {"baseline", "transfer", "finetuned"}
+    assert set(shipped_models) == {"baseline", "transfer", "finetuned", "lungfocus"}
     for name in shipped_models:
         folder = models_dir() / name
         for artifact in ("model.keras", "card.json", "history.csv", "test_predictions.csv", "metrics.json"):

@@ -342,6 +342,16 @@ def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hiresca
         assert len(f["train"]) == (1 + ENCODED_VIEWS) * 12 and f["train"].shape[1] == 1280
     card = load_card("lungfocus", out)
     assert card.kind == "lungpool" and card.gradcam_method == "hirescam" and card.gradcam_layer == "top_activation"
+    # a fresh process (the CLI, the app) loads it without having imported the builders first
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT
+
+    fresh = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from core.registry import "
+                            "load_keras_model; load_keras_model('lungfocus', Path(sys.argv[1]))", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert card.spec.blur_sigma == 2.0 and card.spec.equalize and not card.spec.lung_margin
     model = load_model("lungfocus", out)
     assert not model.needs_lungs and not model.gives_lungs and model.explainer.method == "hirescam"
