@@ -27,7 +27,7 @@ from core.segmenter import LungSegmenter
 
 __all__ = [
     "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
-    "read_uploads", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
+    "read_uploads", "map_name", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
     "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
     "test_overlays", "identical_test_images", "sample_xrays", "site_scores", "site_profile", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
 ]
@@ -157,6 +157,11 @@ def model_names() -> list[str]:
 @st.cache_data(show_spinner=False)
 def card(name: str) -> ModelCard:
     return registry.load_card(name)
+
+
+def map_name(name: str) -> str:
+    """What a model's heatmap is, for captions: its card's map method."""
+    return "HiResCAM" if card(name).gradcam_method == "hirescam" else "Grad-CAM"
 
 
 @st.cache_data(show_spinner=False)

@@ -118,7 +118,7 @@ if gray is not None:
         d = scores[name]
         col.markdown(f"**{name}**: P(pneumonia) = {d.probability:.1%} → {ui.label_badge(d.label)}",
                      unsafe_allow_html=True)
-        col.image(overlay(gray, d.heatmap(gray.shape, "PNEUMONIA")), caption="Grad-CAM, evidence for pneumonia",
+        col.image(overlay(gray, d.heatmap(gray.shape, "PNEUMONIA")), caption=f"{ui.map_name(name)}, evidence for pneumonia",
                   width="stretch")
 
 st.header("Where the models disagree")

@@ -236,7 +236,7 @@ for filename, gray, d in rows:
                                 "when it is shown.")
     p_target = d.probability if target == "PNEUMONIA" else 1 - d.probability
     explained.image(heat, width="stretch",
-                    caption=f"Grad-CAM: evidence for {target.lower()} (explains P({target.lower()}) = {p_target:.1%}; "
+                    caption=f"{ui.map_name(d.model)}: evidence for {target.lower()} (explains P({target.lower()}) = {p_target:.1%}; "
                             + ("scaled by it)" if by_evidence else "normalised per image)"))
 
 def report(fmt: str) -> bytes:  # made when clicked
