@@ -163,6 +163,14 @@ RECIPES["lungfocus"] = replace(
            "features of each training image and of three re-encoded views of it (v9 in docs/lungs.md).",
            LUNG_POOL_NOTE, BLUR_NOTE, EQUALIZE_NOTE, ENCODING_NOTE])
 
+RECIPES["lungfocus_ft"] = replace(
+    RECIPES["finetuned"], name="lungfocus_ft", kind="lungpool", init_from="lungfocus", encoding_augment=True,
+    blur_sigma=2.0, central_erasing=0.0, soup_seeds=(42,),
+    notes=["Stage 2 of v9's 'lungfocus' (v10 in docs/lungs.md): started from it, the top 41 backbone layers "
+           "trained (BatchNorm and the lung decoder frozen) on lung-pooled features, every training image "
+           "re-encoded at random; one run (seed 42), then mixed half and half with 'lungfocus' (WiSE-FT).",
+           LUNG_POOL_NOTE, BLUR_NOTE, EQUALIZE_NOTE, ENCODING_NOTE])
+
 
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""

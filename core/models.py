@@ -122,7 +122,8 @@ def set_trainable_top(model: keras.Model, n: int) -> list[str]:
     Backbone layers are those before ``avg_pool``; the input layer is not counted.
     """
     names = [layer.name for layer in model.layers]
-    body = model.layers[1 : names.index("avg_pool")]
+    # a lung-pooled model's decoder is not part of the backbone: it stays frozen
+    body = [layer for layer in model.layers[1 : names.index("avg_pool")] if layer.name != "lung_decoder"]
     top = body[len(body) - n :] if n > 0 else []
     chosen = {layer.name for layer in top}
     for layer in model.layers:
@@ -156,7 +157,10 @@ def build_model(kind: str, backbone: str | None = "efficientnet_lite0", input_si
     if kind == "finetuned":
         return finetuned(backbone, input_size, dropout, weights, trainable_top_layers)
     if kind == "lungpool":
-        return lungpool(backbone, input_size, dropout, weights, decoder)
+        model = lungpool(backbone, input_size, dropout, weights, decoder)
+        if trainable_top_layers:
+            set_trainable_top(model, trainable_top_layers)
+        return model
     raise ValueError(f"Unknown model kind {kind!r}. Available: baseline, transfer, finetuned, lungpool")
 
 

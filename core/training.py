@@ -251,7 +251,7 @@ def _train_run(member: Recipe, folder: Path, data: _Data, start: _Start) -> tupl
     spent_before = state.setdefault("elapsed_s", 0.0)  # by earlier, interrupted calls
     keras.utils.set_random_seed(member.seed)
     model = _build(member, start.weights)
-    if member.kind in FROZEN_KINDS:
+    if member.kind in FROZEN_KINDS and not member.trainable_top_layers:
         model = _fit_frozen_head(member, model, data, folder, state)
         model.save(folder / "best.keras")
     else:
