@@ -123,7 +123,7 @@ def upload_and_wait(driver, url: str, path, n_models: int, timeout: float = 240,
     started = time.perf_counter()
     file_input.send_keys(str(path))
     wait.until(lambda d: len(d.find_elements(By.XPATH, f"//h3[contains(., '{name}')]")) == 1
-               and len(d.find_elements(By.XPATH, "//*[contains(text(), 'Grad-CAM: evidence')]")) >= n_models
+               and len(d.find_elements(By.XPATH, "//*[contains(text(), 'CAM: evidence')]")) >= n_models
                and len(d.find_elements(By.CSS_SELECTOR, "[data-testid='stMetricValue']")) >= n_models
                and not d.find_elements(By.CSS_SELECTOR, "[data-stale='true']"))
     elapsed = time.perf_counter() - started

@@ -23,6 +23,7 @@ import pandas as pd
 
 from core.cards import ModelCard
 from core.errors import ModelIntegrityError, ModelNotFoundError
+from core.layers import LungCellPooling  # noqa: F401  (registers the layers a model file may name)
 from core.runtime import cache_dir
 
 __all__ = [
@@ -192,8 +193,6 @@ def load_keras_model(name: str, root: Path | None = None) -> keras.Model:
         ModelNotFoundError: No such model.
         ModelIntegrityError: The file differs from the one the card describes.
     """
-    import core.models  # noqa: F401  (registers the custom layers a model file may name)
-
     files = model_files(name, root)
     verify_sha256(files.weights, load_card(name, root).weights_sha256, f"Model '{name}'")
     return keras.saving.load_model(files.weights, compile=False, safe_mode=True)

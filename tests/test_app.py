@@ -52,7 +52,7 @@ def _assert_diagnosed(at, n_models):
     shown = [m for m in at.metric if m.label == "P(pneumonia)"]
     assert len(shown) == n_models and all(m.value.endswith("%") for m in shown)
     captions = [c for img in at.get("image") for c in img.captions]
-    assert sum("Grad-CAM" in c for c in captions) == n_models
+    assert sum(("Grad-CAM" in c or "HiResCAM" in c) and "evidence for" in c for c in captions) == n_models
 
 
 def test_diagnose_scores_an_upload_with_every_model(shipped_models, samples_dir):
@@ -334,12 +334,12 @@ def test_diagnose_heatmaps_have_a_colour_scale_and_a_choice_of_scaling(shipped_m
     at = _app()
     data = (samples_dir / "IM-0061-0001.jpeg").read_bytes()
     at.file_uploader(key="dx_upload").set_value(("chest.jpeg", data, "image/jpeg")).run()
-    captions = [c for img in at.get("image") for c in img.captions if c.startswith("Grad-CAM")]
+    captions = [c for img in at.get("image") for c in img.captions if c.startswith(("Grad-CAM", "HiResCAM"))]
     assert len(captions) == len(shipped_models) and all("normalised per image" in c for c in captions)
     assert all("explains P(pneumonia) = " in c for c in captions)
     assert any("Heatmap colours (normalised per image)" in c.value for c in at.caption)
     at.radio(key="dx_scale").set_value("Scaled by the evidence").run()
-    captions = [c for img in at.get("image") for c in img.captions if c.startswith("Grad-CAM")]
+    captions = [c for img in at.get("image") for c in img.captions if c.startswith(("Grad-CAM", "HiResCAM"))]
     assert not at.exception and all("scaled by it" in c for c in captions)
     assert any("Heatmap colours (scaled by the evidence)" in c.value for c in at.caption)
 

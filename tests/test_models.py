@@ -97,3 +97,16 @@ def test_a_lung_pooled_model_finds_its_lungs_in_its_own_pass_and_its_map_decompo
     w = keras.ops.convert_to_numpy(model.get_layer("avg_pool").cell_weights(features, lungs))[..., 0]
     contribution = features @ model.get_layer("logit").get_weights()[0][:, 0]
     assert np.allclose(signed, w / w.sum(axis=(1, 2), keepdims=True) * contribution, atol=1e-4)
+
+
+def test_fine_tuning_a_lung_pooled_model_leaves_its_lung_decoder_and_the_taps_frozen():
+    from core.segmenter import TAPS
+
+    model = build_model("lungpool", "efficientnet_lite0", weights=None, trainable_top_layers=41)
+    assert not model.get_layer("lung_decoder").trainable
+    assert not any(w.trainable for w in model.get_layer("lung_decoder").weights)
+    assert model.get_layer("top_conv").trainable and model.get_layer("logit").trainable
+    for name in TAPS:  # the layers whose outputs the decoder reads are far below the top 41
+        assert not model.get_layer(name).trainable
+    body = [layer for layer in model.layers if layer.weights and layer.trainable]
+    assert 0 < len(body) <= 42
