@@ -69,7 +69,14 @@ def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
 
 def test_recipes_are_complete():
     ft = RECIPES["finetuned"]
-    assert set(RECIPES) == {"baseline", "transfer", "finetuned", "lungfocus_v8_head", "lungfocus_v8", "lungfocus"}
+    assert set(RECIPES) == {"baseline", "transfer", "finetuned", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
+                            "lungfocus_ft"}
+    # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
+    v10 = RECIPES["lungfocus_ft"]
+    assert v10.kind == "lungpool" and v10.init_from == "lungfocus" and v10.blur_sigma == 2.0 and v10.soup_seeds == (42,)
+    changed = ("name", "kind", "notes", "blur_sigma", "encoding_augment", "init_from", "central_erasing", "soup_seeds")
+    assert {k: v for k, v in v10.to_dict().items() if k not in changed} == \
+        {k: v for k, v in RECIPES["finetuned"].to_dict().items() if k not in changed}
     # v9 (docs/lungs.md, section 5): the transfer recipe, pooled over the lungs, blurred input, re-encoded views
     v9 = RECIPES["lungfocus"]
     assert v9.kind == "lungpool" and v9.blur_sigma == 2.0 and v9.encoding_augment and v9.equalize
