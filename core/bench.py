@@ -103,7 +103,7 @@ def bench_model(name: str, image_bytes: bytes, test_gray: np.ndarray, repeats: i
 
     def reference():  # as the tutorial: predict, then the eager grad-model recipe
         model.predict(x, verbose=0)
-        return reference_gradcam(model, x, loaded.card.gradcam_layer, method=loaded.card.gradcam_method or "gradcam")
+        return reference_gradcam(model, x, loaded.card.gradcam_layer, method=loaded.card.map_method)
 
     row = {
         "lungs_in_pass": loaded.gives_lungs,

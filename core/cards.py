@@ -106,6 +106,16 @@ class ModelCard:
         return float(apply_temperature(self.threshold, self.temperature)) if self.calibration else float(self.threshold)
 
     @property
+    def map_method(self) -> str:
+        """How this model's heatmap is made: ``"gradcam"`` or ``"hirescam"`` (:class:`core.gradcam.GradCam`)."""
+        return self.gradcam_method or "gradcam"
+
+    @property
+    def map_name(self) -> str:
+        """The heatmap's name for captions: "Grad-CAM" or "HiResCAM"."""
+        return "HiResCAM" if self.map_method == "hirescam" else "Grad-CAM"
+
+    @property
     def notes(self) -> list[str]:
         """The recipe's notes (prose)."""
         return list(self.config.get("notes", []))

@@ -43,7 +43,6 @@ __all__ = [
     "read_file",
     "ImageReading",
     "score",
-    "with_stated_age",
 ]
 
 
@@ -99,7 +98,7 @@ class LoadedModel:
         head = lungs.head_for(self.keras_model, self.spec) if lungs is not None and not self.needs_lungs else None
         self.gives_lungs = head is not None
         self.explainer = GradCam(self.keras_model, self.card.gradcam_layer, head, TAPS if head is not None else (),
-                                 method=self.card.gradcam_method or "gradcam")
+                                 method=self.card.map_method)
         self.explainer.warm_up()
 
     def diagnose_gray(self, gray: np.ndarray, batch_size: int = 32, lungs: bool = False,
@@ -207,18 +206,9 @@ class ImageReading:
         return None if np.isnan(share) else share
 
 
-def with_stated_age(reading: ImageReading, upload: Upload) -> ImageReading:
-    """``reading`` with the guard's verdict also withholding a film whose header states an adult's age
-    (:func:`core.ood.stated_age_note`); unchanged when the guard did not run or no adult age is stated."""
-    note = stated_age_note(upload.stated_age)
-    if reading.ood is None or note is None:
-        return reading
-    return replace(reading, ood=replace(reading.ood, age_note=note))
-
-
 def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel] = (),
           guard: OODCheck | None = None, lungs: LungSegmenter | None = None,
-          batch_size: int = 32) -> list[ImageReading]:
+          batch_size: int = 32, ages: Sequence[float | None] | None = None) -> list[ImageReading]:
     """Check and score a batch of images: the guard and the lungs once per image, each model in batches.
 
     Args:
@@ -228,6 +218,8 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
         lungs: The lung segmenter, or ``None``; with the guard, an image without a plausible pair of
             lungs is flagged.
         batch_size: Images per compiled call.
+        ages: Each image's patient age as its file states it (``Upload.stated_age``), or ``None``; with the
+            guard, a film stated to be an adult's is withheld (:func:`core.ood.stated_age_note`).
 
     Returns:
         One :class:`ImageReading` per image, in order.
@@ -236,6 +228,8 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
         return []
     batch = np.asarray(grays, dtype=np.uint8)
     checks = guard(batch) if guard is not None else [None] * len(batch)
+    if guard is not None and ages is not None:
+        checks = [replace(c, age_note=stated_age_note(a)) for c, a in zip(checks, ages, strict=True)]
     # the lungs come from one model's own pass where a model can give them, else from the segmenter
     giver = next((m for m in models if m.gives_lungs), None) if lungs is not None else None
     done = {giver.name: giver.diagnose_gray(batch, batch_size, lungs=True)} if giver else {}

@@ -75,9 +75,9 @@ def main(argv=None) -> int:
             except ImageDecodeError as exc:
                 uploads[index] = str(exc)
         good = [i for i, _ in chunk if not isinstance(uploads[i], str)]
-        found = inference.score([uploads[i].gray for i in good], models, guard, lungs)
-        # a DICOM header that states an adult's age withholds the film like any other out-of-scope image
-        readings = {i: inference.with_stated_age(r, uploads[i]) for i, r in zip(good, found, strict=True)}
+        found = inference.score([uploads[i].gray for i in good], models, guard, lungs,
+                                ages=[uploads[i].stated_age for i in good])
+        readings = dict(zip(good, found, strict=True))
         for index, path in chunk:
             if index not in readings:
                 status = EXIT_REFUSED

@@ -117,11 +117,13 @@ def read_uploads(slot: str, files: dict[str, bytes], max_bytes: int | None = Non
     return {k: held[k] for k in files}
 
 
-def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: bool = False) -> dict[str, ImageReading]:
+def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: bool = False,
+                     ages: dict[str, float | None] | None = None) -> dict[str, ImageReading]:
     """The guard's check and the lungs (when ``check``) and each named model's diagnosis of each image
     (key -> 224 x 224 gray), computed once while the image stays in ``slot``.
 
-    Kept in this session's memory (never on disk), so moving a widget redraws the page without
+    ``ages``: each image's patient age as its file states it (``Upload.stated_age``): the check withholds an
+    adult's film. Kept in this session's memory (never on disk), so moving a widget redraws the page without
     scoring again; images no longer given are forgotten. What is missing is scored in one
     :func:`core.inference.score` call per set of missing pieces.
     """
@@ -134,7 +136,8 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
             groups.setdefault(need, []).append(key)
     for (need_check, need_models), keys in groups.items():
         found = inference.score([images[k] for k in keys], [get_model(n) for n in need_models],
-                                get_ood() if need_check else None, get_lungs() if need_check else None)
+                                get_ood() if need_check else None, get_lungs() if need_check else None,
+                                ages=[(ages or {}).get(k) for k in keys] if need_check else None)
         for key, reading in zip(keys, found, strict=True):
             if need_check:
                 held[key]["ood"], held[key]["lungs"] = reading.ood, reading.lungs
@@ -143,10 +146,10 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
             for k in images}
 
 
-def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False) -> ImageReading:
+def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False, age: float | None = None) -> ImageReading:
     """:func:`session_readings` of one image (the slot holds only it)."""
-    key = content_key(slot, gray)
-    return session_readings(slot, {key: gray}, names, check)[key]
+    key = content_key(slot if age is None else f"{slot} age {age:g}", gray)  # the same pixels, another stated age
+    return session_readings(slot, {key: gray}, names, check, {key: age})[key]
 
 
 @st.cache_data(show_spinner=False)
@@ -161,7 +164,7 @@ def card(name: str) -> ModelCard:
 
 def map_name(name: str) -> str:
     """What a model's heatmap is, for captions: its card's map method."""
-    return "HiResCAM" if card(name).gradcam_method == "hirescam" else "Grad-CAM"
+    return card(name).map_name
 
 
 @st.cache_data(show_spinner=False)

@@ -12,7 +12,7 @@ import streamlit as st
 from core.cards import recommended
 from core.case_report import ReportModel, case_report
 from core.gradcam import colour_bar, overlay
-from core.inference import label_for, with_stated_age
+from core.inference import label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
 from core.preprocessing import apply_window, fit_within, model_view
 from pages import _ui as ui
@@ -93,9 +93,9 @@ read = ui.read_uploads("dx_uploads", {keys[f]: data for f, data in files},
 usable = [f for f, _ in files if not isinstance(read[keys[f]], str)]
 if progress:
     progress.progress(len(files) / (len(files) + 1), text="Scoring…")
-readings = ui.session_readings("dx_readings", {keys[f]: read[keys[f]].gray for f in usable}, selected, check=True)
 # a DICOM header that states an adult's age withholds the film like any other out-of-scope image
-readings = {keys[f]: with_stated_age(readings[keys[f]], read[keys[f]]) for f in usable}
+readings = ui.session_readings("dx_readings", {keys[f]: read[keys[f]].gray for f in usable}, selected, check=True,
+                               ages={keys[f]: read[keys[f]].stated_age for f in usable})
 if progress:
     progress.empty()
 errors = {f: read[keys[f]] for f, _ in files if isinstance(read[keys[f]], str)}

@@ -100,7 +100,7 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 | Parameters | {card.parameters:,} |
 | Decision threshold | {card.decision_threshold:.3f} on the probability shown ({card.threshold:.4f} on the model's own output): {card.threshold_rule} |
 | Calibration | {calibration_text(card.calibration)} |
-| Heatmap | {'HiResCAM' if card.gradcam_method == 'hirescam' else 'Grad-CAM'} on `{card.gradcam_layer}` |
+| Heatmap | {card.map_name} on `{card.gradcam_layer}` |
 | Optimiser | Adam, learning rate {cfg['learning_rate']:g}; BCE, label smoothing {cfg['label_smoothing']} |
 | Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)}{'; every image re-encoded at random (resampling, blur, noise, JPEG)' if cfg.get('encoding_augment') else ''} |
 | Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |

@@ -139,7 +139,7 @@ def test_shipped_models_fast_path_equals_keras_io_recipe(shipped_models, data_di
             gray = load_grayscale(s.path.read_bytes())
             d = model.diagnose_gray(gray)[0]
             ref = reference_gradcam(model.keras_model, to_model_input(gray, model.spec)[None], model.card.gradcam_layer,
-                                    method=model.card.gradcam_method or "gradcam")
+                                    method=model.card.map_method)
             ours = normalise(class_map(d.signed_cam, "PNEUMONIA"))
             if ref.max() > 0 or ours.max() > 0:  # an all-negative map is 0/0 = NaN in the recipe
                 assert np.abs(ours - np.nan_to_num(ref)).max() < 1e-4, (name, s.name)

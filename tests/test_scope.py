@@ -100,7 +100,7 @@ def test_refitting_the_guard_keeps_the_scope_checks_record(tmp_path):
 def test_a_dicom_header_that_states_an_adults_age_withholds_the_film():
     """Part 6's one certain signal, where a file carries it: the header's PatientAge (DICOM "AS" form)."""
     from core.dicom import AGE_KEY, patient_age_years
-    from core.inference import ImageReading, read_upload, with_stated_age
+    from core.inference import read_upload, score
     from core.ood import OODResult
     from tests import inputs
 
@@ -110,13 +110,16 @@ def test_a_dicom_header_that_states_an_adults_age_withholds_the_film():
     undated = read_upload(inputs.dicom(), "plain.dcm")
     assert adult.stated_age == 45.0 and adult.dicom[AGE_KEY] == 45.0 and child.stated_age == 4.0
     assert undated.stated_age is None and AGE_KEY not in undated.dicom
-    passed = ImageReading(OODResult(score=1.0, cutoff=2.0))
-    assert not passed.flagged
-    held = with_stated_age(passed, adult)
+    def passing_guard(batch):
+        return [OODResult(score=1.0, cutoff=2.0) for _ in batch]
+
+    uploads = [adult, child, undated]
+    readings = score([u.gray for u in uploads], guard=passing_guard, ages=[u.stated_age for u in uploads])
+    held = readings[0]
     assert held.flagged and held.ood.reason == "an adult's film, by its DICOM header"
     assert "45 years" in held.ood.warning and "children aged one to five" in held.ood.warning
-    assert not with_stated_age(passed, child).flagged and not with_stated_age(passed, undated).flagged
-    assert with_stated_age(ImageReading(None), adult).ood is None  # no guard asked for: nothing to add to
+    assert not readings[1].flagged and not readings[2].flagged
+    assert score([adult.gray], ages=[45.0])[0].ood is None  # no guard asked for: nothing to add to
 
 
 def test_the_cli_withholds_a_real_xray_whose_header_says_adult(data_dir, shipped_models, tmp_path):
