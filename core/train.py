@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--out DIR] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--out DIR] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ def main(argv=None) -> int:
                              "1 ships the fine-tuned weights (default: the recipe's)")
     parser.add_argument("--encoding-augment", action="store_true", default=None,
                         help="re-encode training images as other files would bring them (core.augment; recipe v7)")
+    parser.add_argument("--blur-sigma", type=float, metavar="S",
+                        help="Gaussian low-pass of the input (sigma in pixels) before equalisation, in training and "
+                             "serving (written into the card; recipe v11)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write the model folder under DIR instead of models/ (a candidate); a two-stage recipe "
                              "then starts from DIR's stage-1 model")
@@ -59,7 +62,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     recipe = get_recipe(args.recipe).with_overrides(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
-        wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment)
+        wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
+        blur_sigma=args.blur_sigma)
     folder = train(recipe, args.data_dir, out_root=args.out, fresh=args.fresh)
     print(f"Model written to {folder}")
     return 0
