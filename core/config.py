@@ -68,6 +68,10 @@ EQUALIZE_NOTE = (
     "and in serving (card preprocessing 'equalize'), so exposure and contrast differences "
     "between X-ray systems carry no signal."
 )
+ENCODING_NOTE = ("Every training image is re-encoded at random as other files would bring it (resampling, blur, "
+                 "noise, JPEG; core.augment.encoding_path), so that the answer does not depend on the file's encoding.")
+BLUR_NOTE = ("The input is blurred (Gaussian, sigma 2 px) before equalisation, in training and in serving, so that a "
+             "file's fine JPEG and resampling artefacts carry no signal.")
 
 RECIPES: dict[str, Recipe] = {
     "baseline": Recipe(
@@ -86,6 +90,8 @@ RECIPES: dict[str, Recipe] = {
         learning_rate=1e-3,
         augment=False,
         equalize=True,
+        encoding_augment=True,
+        blur_sigma=2.0,
         early_stopping_patience=8,
         reduce_lr_patience=3,
         notes=[
@@ -93,6 +99,10 @@ RECIPES: dict[str, Recipe] = {
             "its pooled features are computed once and the head is trained on them; this is the "
             "same model as training end to end with a frozen backbone, without augmentation.",
             EQUALIZE_NOTE,
+            "v11 (docs/lungs.md, section 7): the head is trained on the pooled features of each training image and of "
+            "three re-encoded views of it, on blurred input.",
+            BLUR_NOTE,
+            ENCODING_NOTE,
         ],
     ),
     "finetuned": Recipe(
@@ -132,11 +142,10 @@ LUNG_FOCUS_NOTE = (
     "outline; serving uses the shipped lung segmenter's mask of the same image. Images without a human mask "
     "are left out of training and validation."
 )
-ENCODING_NOTE = ("Every training image is re-encoded at random as other files would bring it (resampling, blur, "
-                 "noise, JPEG; core.augment.encoding_path), so that the answer does not depend on the file's encoding.")
 
 RECIPES["lungfocus_v8_head"] = replace(
-    RECIPES["transfer"], name="lungfocus_v8_head", encoding_augment=True, lung_margin=7, lung_margin_jitter=4,
+    RECIPES["transfer"], name="lungfocus_v8_head", encoding_augment=True, blur_sigma=0.0, lung_margin=7,
+    lung_margin_jitter=4,
     notes=["Stage 1 of 'lungfocus_v8' (not shipped on its own): the 'transfer' recipe on lung-only input, the head "
            "trained on the pooled features of each image and three re-encoded views of it.",
            LUNG_FOCUS_NOTE, EQUALIZE_NOTE])
@@ -155,8 +164,7 @@ LUNG_POOL_NOTE = (
     "The map shown is HiResCAM on those features: each cell's own contribution to the logit, next to nothing where a "
     "cell is not lung."
 )
-BLUR_NOTE = ("The input is blurred (Gaussian, sigma 2 px) before equalisation, in training and in serving, so that a "
-             "file's fine JPEG and resampling artefacts carry no signal.")
+
 RECIPES["lungfocus"] = replace(
     RECIPES["transfer"], name="lungfocus", kind="lungpool", encoding_augment=True, blur_sigma=2.0,
     notes=["Backbone frozen (ImageNet weights) and the lung decoder frozen; the head is trained on the lung-pooled "

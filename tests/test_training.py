@@ -69,6 +69,11 @@ def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
 
 def test_recipes_are_complete():
     ft = RECIPES["finetuned"]
+    # v11 (docs/lungs.md, section 7): transfer on blurred input, its head on re-encoded views too
+    tr = RECIPES["transfer"]
+    assert tr.blur_sigma == 2.0 and tr.encoding_augment and tr.equalize and not tr.trainable_top_layers
+    # v8 was trained before the blur existed, and its recipe says so
+    assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
     assert set(RECIPES) == {"baseline", "transfer", "finetuned", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
                             "lungfocus_ft"}
     # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
