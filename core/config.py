@@ -81,7 +81,11 @@ RECIPES: dict[str, Recipe] = {
         epochs=15,
         learning_rate=1e-3,
         early_stopping_patience=4,
-        notes=["Small Conv2D + MaxPooling CNN trained from scratch on grayscale input."],
+        encoding_augment=True,
+        blur_sigma=2.0,
+        notes=["Small Conv2D + MaxPooling CNN trained from scratch on grayscale input.",
+               "v11 (docs/lungs.md, section 7): trained on blurred input, every training image re-encoded at random.",
+               BLUR_NOTE, ENCODING_NOTE],
     ),
     "transfer": Recipe(
         name="transfer",

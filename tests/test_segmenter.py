@@ -137,7 +137,8 @@ def test_the_segmenter_finds_the_same_lungs_in_another_encoding(segmenter, data_
 
 
 def test_a_lite0_model_finds_the_same_lungs_in_its_own_pass(segmenter, shipped_models, data_dir):
-    """transfer and finetuned share the segmenter's frozen backbone layers: one call gives P, map and lungs."""
+    """A Lite0 model fed the segmenter's input (equalised, not blurred) shares its frozen backbone layers: one call
+    gives P, map and lungs; any other model gives the same answer with or without the segmenter."""
     from core import inference
     from core.data import list_split, load_images
 
@@ -145,7 +146,7 @@ def test_a_lite0_model_finds_the_same_lungs_in_its_own_pass(segmenter, shipped_m
     alone = segmenter.masks(gray)
     for name in shipped_models:
         model, plain = inference.load_model(name, lungs=segmenter), inference.load_model(name)
-        # a model fed another input (lungfocus: blurred first) cannot give the segmenter's lungs from its pass
+        # a model fed another input (blurred first, since v9 and v11) cannot give the segmenter's lungs from its pass
         assert model.gives_lungs == (model.spec.equalize and not model.spec.blur_sigma and name != "baseline"), name
         found = model.diagnose_gray(gray, lungs=True)
         if model.gives_lungs:
