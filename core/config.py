@@ -120,13 +120,15 @@ RECIPES: dict[str, Recipe] = {
         equalize=True,
         learning_rate=1e-4,
         trainable_top_layers=41,
-        init_from="transfer",
+        init_from="transfer_v1",
         early_stopping_patience=3,
         soup_seeds=(42, 43, 44, 45),
         wise_ft_alpha=0.5,
         notes=[
             "Two-stage: stage 1 is the trained 'transfer' model (head on the frozen backbone); "
             "stage 2 unfreezes the top 41 layers (BatchNorm stays frozen) with Adam 1e-4.",
+            "Stage 1 is the 'transfer' that shipped before v11 (recipe 'transfer_v1': unblurred input; the card records "
+            "its weights' sha256); v11's blurred 'transfer' feeds the model differently (docs/lungs.md, section 7).",
             "Augmentation is wider than the study's (zoom 0.2, brightness 0.2, contrast 0.3) to cover "
             "exposure and framing differences between X-ray systems.",
             "Half of the training images have the central third of their width (mediastinum and "
@@ -138,6 +140,12 @@ RECIPES: dict[str, Recipe] = {
         ],
     ),
 }
+
+# the stage 1 of the shipped 'finetuned': 'transfer' as it was before v11 (no blur, no re-encoded views)
+RECIPES["transfer_v1"] = replace(
+    RECIPES["transfer"], name="transfer_v1", encoding_augment=False, blur_sigma=0.0,
+    notes=[*RECIPES["transfer"].notes[:2], "The 'transfer' recipe before v11 (docs/lungs.md, section 7), kept as the "
+           "stage 1 of the shipped 'finetuned'; train it with --out DIR, then 'finetuned' with the same --out."])
 
 LUNG_FOCUS_NOTE = (
     "The model sees only the lungs: after equalisation every pixel farther than 7 pixels outside the lung mask "
@@ -157,7 +165,7 @@ RECIPES["lungfocus_v8"] = replace(
     RECIPES["finetuned"], name="lungfocus_v8", init_from="lungfocus_v8_head", encoding_augment=True, lung_margin=7,
     lung_margin_jitter=4,
     notes=[RECIPES["finetuned"].notes[0].replace("'transfer' model", "'lungfocus_v8_head' model"),
-           *RECIPES["finetuned"].notes[1:-1],
+           *RECIPES["finetuned"].notes[2:-1],
            "Shipped weights: the average of the four stage-2 runs (seeds 42-45), mixed half and half with the "
            "'lungfocus_v8_head' weights they started from (WiSE-FT).", LUNG_FOCUS_NOTE, ENCODING_NOTE])
 

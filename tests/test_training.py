@@ -74,7 +74,7 @@ def test_recipes_are_complete():
     assert tr.blur_sigma == 2.0 and tr.encoding_augment and tr.equalize and not tr.trainable_top_layers
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
-    assert set(RECIPES) == {"baseline", "transfer", "finetuned", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
+    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "finetuned", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
                             "lungfocus_ft"}
     # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
     v10 = RECIPES["lungfocus_ft"]
@@ -97,7 +97,10 @@ def test_recipes_are_complete():
     assert same(lf) == same(ft)
     ft = RECIPES["finetuned"]
     assert (ft.learning_rate, ft.label_smoothing, ft.dropout, ft.class_weights) == (1e-4, 0.1, 0.5, True)
-    assert ft.trainable_top_layers == 41 and ft.init_from == "transfer"
+    # the shipped finetuned started from the transfer of before v11, kept as transfer_v1 (fed as finetuned is)
+    assert ft.trainable_top_layers == 41 and ft.init_from == "transfer_v1"
+    v1 = RECIPES["transfer_v1"]
+    assert not v1.blur_sigma and not v1.encoding_augment and v1.equalize == ft.equalize
     with pytest.raises(KeyError, match="Available"):
         get_recipe("resnet")
 
@@ -112,13 +115,13 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=16)
     out = tmp_path / "models"
-    train(get_recipe("transfer").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
-    transfer_card = load_card("transfer", out)
+    train(get_recipe("transfer_v1").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    transfer_card = load_card("transfer_v1", out)
     assert transfer_card.trainable_parameters_in_training == 1281  # the head only
     train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
     card = load_card("finetuned", out)
-    assert card.initialised_from == {"model": "transfer", "sha256": transfer_card.weights_sha256}
-    before, after = load_keras_model("transfer", out), load_keras_model("finetuned", out)
+    assert card.initialised_from == {"model": "transfer_v1", "sha256": transfer_card.weights_sha256}
+    before, after = load_keras_model("transfer_v1", out), load_keras_model("finetuned", out)
     changed = lambda layer: not np.allclose(before.get_layer(layer).get_weights()[0],  # noqa: E731
                                             after.get_layer(layer).get_weights()[0])
     assert changed("top_conv") and changed("logit")
@@ -127,7 +130,8 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
 
 
 def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
-    """Stage 2 must see its input prepared as stage 1 was (e.g. both equalised or neither)."""
+    """Stage 2 must see its input prepared as stage 1 was (e.g. both blurred or neither: v11's blurred transfer cannot
+    be the stage 1 of the shipped, unblurred finetuned recipe)."""
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
@@ -135,7 +139,7 @@ def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
     out = tmp_path / "models"
     train(get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
     with pytest.raises(ValueError, match="differently preprocessed"):
-        train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, equalize=False),
+        train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, init_from="transfer"),
               data, out_root=out)
 
 
@@ -164,7 +168,7 @@ def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, m
     data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
     small = dict(epochs=1, batch_size=8, val_fraction=0.25, wise_ft_alpha=1.0)  # the soup alone, not mixed with its start
-    train(get_recipe("transfer").with_overrides(**small), data, out_root=out)
+    train(get_recipe("transfer_v1").with_overrides(**small), data, out_root=out)
     train(get_recipe("finetuned").with_overrides(soup_seeds=(5, 6), **small), data, out_root=out)
     card = load_card("finetuned", out)
     runs = tmp_path / "cache" / "runs" / "finetuned"
@@ -236,9 +240,9 @@ def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, mon
     data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
     small = dict(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=())
-    train(get_recipe("transfer").with_overrides(**small), data, out_root=out)
+    train(get_recipe("transfer_v1").with_overrides(**small), data, out_root=out)
     train(get_recipe("finetuned").with_overrides(wise_ft_alpha=0.25, **small), data, out_root=out)
-    start = load_keras_model("transfer", out)
+    start = load_keras_model("transfer_v1", out)
     run = keras_load(tmp_path / "cache" / "runs" / "finetuned" / "best.keras")
     shipped = load_keras_model("finetuned", out)
     for layer in ("top_conv", "logit"):
@@ -246,8 +250,8 @@ def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, mon
         assert not np.allclose(s, r)  # fine-tuning moved it, so the mix is a real test
         np.testing.assert_allclose(m, 0.75 * s + 0.25 * r, rtol=1e-5, atol=1e-7)
     wise = load_card("finetuned", out).wise_ft
-    assert wise["alpha"] == 0.25 and wise["start"] == "transfer"
-    assert wise["start_sha256"] == load_card("transfer", out).weights_sha256
+    assert wise["alpha"] == 0.25 and wise["start"] == "transfer_v1"
+    assert wise["start_sha256"] == load_card("transfer_v1", out).weights_sha256
     assert set(wise["val_roc_auc_by_alpha"]) == {"0", "0.25", "0.5", "0.75", "1"}
     assert wise["val_roc_auc_by_alpha"]["0.25"] == pytest.approx(load_card("finetuned", out).val_metrics["roc_auc"])
 
