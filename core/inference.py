@@ -77,7 +77,7 @@ def label_for(probability: float, threshold: float) -> str:
 class LoadedModel:
     """A shipped model with its card, input spec and compiled Grad-CAM, warmed up once.
 
-    Given the lung segmenter, a model that shares its backbone taps (``transfer``, ``finetuned``) also
+    Given the lung segmenter, a model that shares its backbone taps and input (the shipped ``finetuned``) also
     finds the lungs in the same compiled call (``gives_lungs``).
     """
 

@@ -2,13 +2,13 @@
 
 The decoder reads three feature maps of the ImageNet Lite0 backbone (strides 4, 8 and 16:
 ``block2_add``, ``block4_add``, ``block10_add``, all within the bottom 100 layers that the
-``transfer`` and ``finetuned`` models keep frozen, so one backbone pass can serve both) and the
+Lite0 classifiers keep frozen, so one backbone pass can serve both where a model is fed as the segmenter is) and the
 input image itself at 112 x 112 for the outline, and gives P(lung) per pixel at 224 x 224. Only the
 decoder is trained and shipped (``models/lungs/decoder.npz``, well under 5 MB); the backbone is the
 converted ImageNet Lite0 every install already has.
 
 Input: the 224 x 224 grayscale image, histogram-equalised, then ``(x - 127) / 128`` in three channels
-(as the ``transfer`` and ``finetuned`` cards). Training (:func:`train_segmenter`) augments geometry
+(as the ``finetuned`` card; v11's ``transfer`` and ``lungfocus`` blur first, so they cannot share it). Training (:func:`train_segmenter`) augments geometry
 (image and mask together) and the encoding path (JPEG quality, down/up-sampling, blur, noise; the image
 only), so the lungs found do not depend on how the file was encoded.
 """
@@ -125,7 +125,7 @@ class LungSegmenter:
 
     def head_for(self, model: keras.Model, spec: InputSpec) -> keras.Model | None:
         """The decoder, when ``model`` computes the very taps it reads (same input, same frozen ImageNet
-        layers up to ``block10_add``: ``transfer`` and ``finetuned``), so one pass can give the lungs too;
+        layers up to ``block10_add``: the shipped ``finetuned``), so one pass can give the lungs too;
         else ``None``."""
         if spec != SPEC:
             return None
