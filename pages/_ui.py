@@ -26,11 +26,39 @@ from core.ood import OODCheck, OODResult
 from core.segmenter import LungSegmenter
 
 __all__ = [
-    "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
+    "keep_compiled_models", "ensure_app", "DISCLAIMER", "LABELS", "get_model", "get_ood", "get_lungs", "withheld_unless_asked",
     "read_uploads", "map_name", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
     "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
     "test_overlays", "identical_test_images", "sample_xrays", "site_scores", "site_profile", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
 ]
+
+def keep_compiled_models() -> None:
+    """Stop Streamlit from clearing the Keras session after every script run (idempotent).
+
+    Streamlit's script runner calls ``keras.backend.clear_session()`` after each run
+    (``streamlit.runtime.scriptrunner.script_runner._clean_problem_modules``), which empties TensorFlow's kernel
+    cache: every cached model's compiled call is then instantiated again on the next run, about 0.4 s each, five
+    per upload (docs/speed.md). The dashboard builds its models once and caches them (``st.cache_resource``) and
+    never builds one per run, so it has no use for that reset. Matplotlib figures are still closed after each run,
+    as Streamlit does."""
+    from streamlit.runtime.scriptrunner import script_runner
+
+    if getattr(script_runner, "_clean_problem_modules", None) is None or \
+            getattr(script_runner._clean_problem_modules, "keeps_keras", False):
+        return
+
+    def clean_without_keras() -> None:
+        import sys
+
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close("all")
+
+    clean_without_keras.keeps_keras = True
+    script_runner._clean_problem_modules = clean_without_keras
+
+
+keep_compiled_models()
+
 
 def ensure_app(page_file: str) -> None:
     """Call first on every page (with ``__file__``): route a cold deep link through ``app.py``,

@@ -422,3 +422,21 @@ def test_diagnose_shows_the_xray_at_its_own_resolution_with_a_window(shipped_mod
     assert not at.exception
     window = apply_window(np.array([0, 98, 128, 158, 255], np.uint8), 128, 60)
     assert window.tolist() == [0, 0, 128, 255, 255]
+
+
+def test_streamlit_reruns_keep_the_compiled_models(monkeypatch):
+    """Streamlit clears the Keras session after every script run, which made TensorFlow instantiate every cached
+    model's compiled call again on each upload (about 0.4 s each; docs/speed.md). The dashboard turns that reset off
+    and still closes matplotlib figures as Streamlit does."""
+    import keras
+    import matplotlib.pyplot as plt
+    from streamlit.runtime.scriptrunner import script_runner
+
+    import pages._ui as ui
+
+    ui.keep_compiled_models()  # idempotent: importing the module already did it
+    cleared = []
+    monkeypatch.setattr(keras.backend, "clear_session", lambda *a, **k: cleared.append(1))
+    plt.figure()
+    script_runner._clean_problem_modules()
+    assert not cleared and not plt.get_fignums()
