@@ -160,9 +160,13 @@ def test_warm_upload_is_quick(server, browser, shipped_models, xrays):
 
 
 def _expected_values(paths, names):
+    """Each file's probabilities as the Diagnose page lists them: the recommended model first, then the others."""
+    from core.cards import recommended
     from core.inference import load_model
+    from core.registry import load_card
 
-    models = [load_model(n) for n in names]
+    lead = recommended([load_card(n) for n in names])
+    models = [load_model(n) for n in sorted(names, key=lambda n: n != lead)]
     return {str(p): [f"{m.diagnose_bytes(p.read_bytes()).probability:.1%}" for m in models] for p in paths}
 
 
