@@ -32,6 +32,14 @@ __all__ = [
     "test_overlays", "identical_test_images", "sample_xrays", "site_scores", "site_profile", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
 ]
 
+def _clean_without_keras() -> None:
+    """Streamlit's after-run cleanup without its Keras reset: close matplotlib figures."""
+    import sys
+
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def keep_compiled_models() -> None:
     """Stop Streamlit from clearing the Keras session after every script run (idempotent).
 
@@ -43,18 +51,8 @@ def keep_compiled_models() -> None:
     as Streamlit does."""
     from streamlit.runtime.scriptrunner import script_runner
 
-    if getattr(script_runner, "_clean_problem_modules", None) is None or \
-            getattr(script_runner._clean_problem_modules, "keeps_keras", False):
-        return
-
-    def clean_without_keras() -> None:
-        import sys
-
-        if "matplotlib.pyplot" in sys.modules:
-            sys.modules["matplotlib.pyplot"].close("all")
-
-    clean_without_keras.keeps_keras = True
-    script_runner._clean_problem_modules = clean_without_keras
+    if hasattr(script_runner, "_clean_problem_modules"):
+        script_runner._clean_problem_modules = _clean_without_keras
 
 
 keep_compiled_models()
