@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--out DIR] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--init-from NAME] [--out DIR] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,9 @@ def main(argv=None) -> int:
     parser.add_argument("--blur-sigma", type=float, metavar="S",
                         help="Gaussian low-pass of the input (sigma in pixels) before equalisation, in training and "
                              "serving (written into the card; recipe v11)")
+    parser.add_argument("--init-from", metavar="NAME",
+                        help="start a two-stage recipe from the model NAME (in --out's folder) instead of the "
+                             "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer_v1')")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write the model folder under DIR instead of models/ (a candidate); a two-stage recipe "
                              "then starts from DIR's stage-1 model")
@@ -63,7 +66,9 @@ def main(argv=None) -> int:
     recipe = get_recipe(args.recipe).with_overrides(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
-        blur_sigma=args.blur_sigma)
+        blur_sigma=args.blur_sigma, init_from=args.init_from)
+    if args.init_from and not get_recipe(args.recipe).init_from:
+        parser.error(f"'{args.recipe}' is trained in one stage; --init-from applies to two-stage recipes")
     folder = train(recipe, args.data_dir, out_root=args.out, fresh=args.fresh)
     print(f"Model written to {folder}")
     return 0

@@ -231,6 +231,21 @@ def test_train_cli_reads_soup_seeds(capsys):
     assert "soup-seeds" in capsys.readouterr().err
 
 
+def test_train_cli_starts_a_two_stage_recipe_from_another_model(tmp_path, monkeypatch, capsys):
+    """--init-from sets stage 1 (a candidate starts from a candidate transfer); one-stage recipes refuse it."""
+    import core.train
+
+    seen = []
+    monkeypatch.setattr(core.train, "train", lambda recipe, *a, **k: seen.append(recipe) or tmp_path)
+    assert core.train.main(["finetuned", "--init-from", "transfer", "--out", str(tmp_path)]) == 0
+    assert core.train.main(["finetuned", "--out", str(tmp_path)]) == 0
+    assert [r.init_from for r in seen] == ["transfer", get_recipe("finetuned").init_from]
+    with pytest.raises(SystemExit) as exit_:
+        core.train.main(["baseline", "--init-from", "transfer"])
+    assert exit_.value.code == 2 and "two-stage" in capsys.readouterr().err
+    assert len(seen) == 2
+
+
 def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, monkeypatch):
     """WiSE-FT: the shipped weights are (1 - a) x stage 1 + a x the finished run; the card says so."""
     from core.registry import load_keras_model
