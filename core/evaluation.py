@@ -123,8 +123,7 @@ def bootstrap_ci(y_true, prob, threshold: float, n_resamples: int = 2000, level:
     spec = 1 - called[rows[:, len(pos):]].mean(axis=1)
     samples = {"accuracy": (sens * len(pos) + spec * len(neg)) / len(y_true), "sensitivity": sens, "specificity": spec}
     if curves:
-        samples["roc_auc"] = np.array([skm.roc_auc_score(y_true[r], prob[r]) for r in rows])
-        samples["pr_auc"] = np.array([skm.average_precision_score(y_true[r], prob[r]) for r in rows])
+        samples["roc_auc"], samples["pr_auc"] = _curve_areas(prob, rows[:, : len(pos)], rows[:, len(pos):])
     tail = (1 - level) / 2 * 100
     out = {"level": level, "resamples": n_resamples,
            "method": f"percentile bootstrap, resampled within each class, seed {seed}"}
@@ -132,6 +131,31 @@ def bootstrap_ci(y_true, prob, threshold: float, n_resamples: int = 2000, level:
         low, high = np.percentile(values, [tail, 100 - tail])
         out[metric] = [float(low), float(high)]
     return out
+
+
+def _curve_areas(prob: np.ndarray, pos_rows: np.ndarray, neg_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC and average precision of every resample at once (each row: indices of its positives and
+    negatives), equal to scikit-learn's ``roc_auc_score`` and ``average_precision_score`` per row.
+
+    Each resample is a weighting of the distinct scores, so both areas follow from per-score counts:
+    ROC AUC = P(a positive outscores a negative) + half the ties; AP = sum over thresholds, from the
+    top, of (recall gained) x (precision there). A score absent from a resample adds nothing to either.
+    """
+    values, code = np.unique(prob, return_inverse=True)
+    n_res, n_val = len(pos_rows), len(values)
+    offset = np.arange(n_res)[:, None] * n_val
+
+    def counts(rows):
+        return np.bincount((code[rows] + offset).ravel(), minlength=n_res * n_val).reshape(n_res, n_val).astype(np.float64)
+
+    pos, neg = counts(pos_rows), counts(neg_rows)
+    n_pos, n_neg = pos_rows.shape[1], neg_rows.shape[1]
+    neg_below = np.cumsum(neg, axis=1) - neg  # negatives scoring lower than each value
+    roc_auc = (pos * (neg_below + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+    tp, fp = (np.cumsum(c[:, ::-1], axis=1)[:, ::-1] for c in (pos, neg))  # scoring at or above each value
+    precision = np.divide(tp, tp + fp, out=np.zeros_like(tp), where=tp + fp > 0)
+    pr_auc = (pos / n_pos * precision).sum(axis=1)
+    return roc_auc, pr_auc
 
 
 def interval_text(interval) -> str | None:

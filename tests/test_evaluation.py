@@ -85,6 +85,23 @@ def test_bootstrap_interval_has_the_binomial_width_and_holds_the_estimate():
     assert ci["roc_auc"] != bootstrap_ci(y, p, 0.5, seed=1)["roc_auc"]  # and another seed draws other resamples
 
 
+def test_bootstrap_curve_areas_equal_scikit_learns_per_resample():
+    """The vectorised ROC AUC and average precision of each resample are scikit-learn's, ties included."""
+    from sklearn import metrics as skm
+
+    from core.evaluation import _curve_areas
+
+    rng = np.random.default_rng(3)
+    for n, decimals in ((12, 1), (90, 2), (300, 3)):
+        y = np.r_[0, 1, rng.integers(0, 2, n - 2)]
+        p = np.round(rng.random(n), decimals)  # few distinct scores: many ties
+        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+        rows = np.concatenate([rng.choice(pos, (40, len(pos))), rng.choice(neg, (40, len(neg)))], axis=1)
+        roc, ap = _curve_areas(p, rows[:, : len(pos)], rows[:, len(pos):])
+        np.testing.assert_allclose(roc, [skm.roc_auc_score(y[r], p[r]) for r in rows], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(ap, [skm.average_precision_score(y[r], p[r]) for r in rows], rtol=0, atol=1e-12)
+
+
 def test_bootstrap_of_a_perfect_ranking_and_of_one_class():
     ci = bootstrap_ci(Y, np.where(Y == 1, 0.9, 0.1), 0.5, n_resamples=200)
     assert all(ci[k] == [1.0, 1.0] for k in ("accuracy", "sensitivity", "specificity", "roc_auc", "pr_auc"))
