@@ -41,6 +41,9 @@ __all__ = [
     "load_guard",
     "feature_extractor",
     "fit_and_save",
+    "guard_spec",
+    "scope_spec",
+    "training_views",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,16 +112,17 @@ class OODResult:
         return " ".join(parts)
 
 
-def feature_extractor(batch_size: int = 64, with_statistics: bool = False):
+def feature_extractor(batch_size: int = 64, with_statistics: bool = False, spec: InputSpec | None = None):
     """A function from uint8 grayscale images ``(N, 224, 224)`` to ``(N, 1280)`` pooled ImageNet
-    Lite0 features: normalised as Lite0 wants, run in batches through one compiled call. With
-    ``with_statistics`` it returns ``(features, {statistic: (N, C)})``, the scope check's layer statistics
+    Lite0 features: prepared by ``spec`` (default: normalised as Lite0 wants, nothing else; the checks' v2
+    blurs first), run in batches through one compiled call. With ``with_statistics`` it returns
+    ``(features, {statistic: (N, C)})``, the scope check's layer statistics
     (:func:`core.scope.statistics_outputs`) from the same pass."""
     backbone = efficientnet_lite0(weights="imagenet")
     pooled = keras.layers.GlobalAveragePooling2D()(backbone.output)
     outputs = [pooled, *statistics_outputs(backbone)] if with_statistics else pooled
     forward = compiled_forward(keras.Model(backbone.input, outputs))
-    spec = InputSpec()
+    spec = spec or InputSpec()
 
     def extract(gray: np.ndarray):
         parts = [forward(to_model_input(gray[i : i + batch_size], spec)) for i in range(0, len(gray), batch_size)]
@@ -171,8 +175,12 @@ class OODCheck:
         self.guard = load_guard(root)
         if self.guard is None:
             raise FileNotFoundError("No out-of-distribution guard under models/ood (run: python -m core.ood).")
+        self.spec = guard_spec(root)
         self.scope = load_scope(root)  # None where no scope check is shipped (python -m core.scope_fit)
-        self._features = feature_extractor(with_statistics=self.scope is not None)
+        if self.scope is not None and scope_spec(root) != self.spec:
+            raise ValueError("The scope check was fitted on other input than the guard reads (their card's "
+                             "'preprocessing' differ); refit it: python -m core.scope_fit")
+        self._features = feature_extractor(with_statistics=self.scope is not None, spec=self.spec)
         self._features(np.zeros((1, 224, 224), np.uint8))  # warm up
 
     def __call__(self, gray: np.ndarray) -> list[OODResult]:
@@ -190,6 +198,18 @@ class OODCheck:
         if self.scope is None:
             raise FileNotFoundError("No scope check under models/ood (run: python -m core.scope_fit).")
         return dict(zip(self.scope.names, self.scope.distances(self._features(gray)[1]), strict=True))
+
+
+def guard_spec(root: Path | None = None) -> InputSpec:
+    """How the checks prepare an image for their Lite0 pass, as the guard's card says (cards before v2: plain)."""
+    card = json.loads(guard_files(root).card.read_text())
+    return InputSpec.from_card(card) if "preprocessing" in card else InputSpec()
+
+
+def scope_spec(root: Path | None = None) -> InputSpec:
+    """The input the shipped scope check was fitted on (its record's ``preprocessing``; before v2: plain)."""
+    record = json.loads(guard_files(root).card.read_text()).get("scope") or {}
+    return InputSpec.from_card(record) if "preprocessing" in record else InputSpec()
 
 
 def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components: int = 64,
@@ -224,19 +244,29 @@ def load_guard(root: Path | None = None) -> OODGuard | None:
         return OODGuard(f["mean"], f["components"], f["variances"], float(f["residual_scale"]), float(f["cutoff"]))
 
 
-def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encoding_views: int = 0) -> OODGuard:
+def training_views(x_tr: np.ndarray, encoding_views: int, seed: int) -> list[np.ndarray]:
+    """The training images and ``encoding_views`` re-encoded views of each (:func:`core.augment.encoding_path`,
+    drawn from ``seed``): the same views for the guard and the scope check."""
+    rng = np.random.default_rng(seed)
+    return [x_tr] + [np.stack([encoding_path(g, rng) for g in x_tr]) for _ in range(encoding_views)]
+
+
+def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encoding_views: int = 0,
+                 blur_sigma: float = 0.0) -> OODGuard:
     """Fit the guard on the training split (validation held out by patient as the models') and ship it.
 
     With ``encoding_views``, it is fitted on each training image and that many re-encoded views of it
     (:func:`core.augment.encoding_path`), and its cut-off passes 99.5 % of the validation images together
     with their four served variants (:data:`core.augment.VARIANTS`), so that an X-ray's encoding does
-    not decide whether it is withheld.
+    not decide whether it is withheld. With ``blur_sigma``, its Lite0 pass reads the image blurred first (as
+    the v11 models do), written in its card's ``preprocessing``; the scope check shares that pass and must
+    be refitted after (``python -m core.scope_fit``).
     """
     train, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
-    extract = feature_extractor()
+    spec = InputSpec(blur_sigma=blur_sigma)
+    extract = feature_extractor(spec=spec)
     x_tr, x_va = load_images(train), load_images(val)
-    rng = np.random.default_rng(seed)
-    train_views = [x_tr] + [np.stack([encoding_path(g, rng) for g in x_tr]) for _ in range(encoding_views)]
+    train_views = training_views(x_tr, encoding_views, seed)
     val_views = [x_va] + ([np.stack([served_variant(g, v) for g in x_va]) for v in VARIANTS] if encoding_views else [])
     guard = fit_guard(np.concatenate([extract(x) for x in train_views]), np.concatenate([extract(x) for x in val_views]))
     card = {
@@ -245,14 +275,15 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encodi
         "method": "PCA (64 components) Mahalanobis distance + scaled residual on pooled ImageNet "
                   "EfficientNet-Lite0 features, fitted on the training split"
                   + (f" (each image and {encoding_views} re-encoded views of it, core.augment.encoding_path)"
-                     if encoding_views else ""),
+                     if encoding_views else "")
+                  + (f"; the image is blurred first (Gaussian, sigma {blur_sigma:g} px)" if blur_sigma else ""),
         "cutoff_rule": "99.5th percentile of validation-split scores (99.5 % of validation X-rays pass)"
                        if not encoding_views else
                        "99.5th percentile of the scores of the validation images and their four served variants "
                        f"({', '.join(VARIANTS)})",
         "encoding_views": encoding_views,
         "cutoff": guard.cutoff,
-        "preprocessing": InputSpec().to_dict(),
+        "preprocessing": spec.to_dict(),
         "seed": seed,
         "data": {"train_images": len(train), "val_images": len(val), "fingerprint": fingerprint(train + val)},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -263,7 +294,7 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encodi
 
 
 def main(argv=None) -> int:
-    """``python -m core.ood [--data-dir D] [--report] [--encoding-views N] [--out DIR]``: fit the guard on the training split and
+    """``python -m core.ood [--data-dir D] [--report] [--encoding-views N] [--blur-sigma S] [--out DIR]``: fit the guard on the training split and
     save it; with ``--report``, measure it instead (writes ``models/ood/report.json``)."""
     import argparse
 
@@ -276,15 +307,18 @@ def main(argv=None) -> int:
     parser.add_argument("--encoding-views", type=int, default=0, metavar="N",
                         help="fit on each training image and N re-encoded views of it; the cut-off then covers the "
                              "validation images' served variants too (recipe v7: 3)")
+    parser.add_argument("--blur-sigma", type=float, default=0.0, metavar="S",
+                        help="blur the image (Gaussian, sigma S px) before the Lite0 pass, in fitting and serving "
+                             "(checks v2: 2); refit the scope check after")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write the guard under DIR/ood instead of models/ood")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     if args.report:
-        result = report(OODCheck(), args.data_dir)
-        guard_files().report.write_text(json.dumps(result, indent=1) + "\n")
+        result = report(OODCheck(args.out), args.data_dir)
+        guard_files(args.out).report.write_text(json.dumps(result, indent=1) + "\n")
         print(summary(result))
         return 0
-    fit_and_save(args.data_dir, args.seed, args.out or models_dir(), args.encoding_views)
+    fit_and_save(args.data_dir, args.seed, args.out or models_dir(), args.encoding_views, args.blur_sigma)
     return 0
 
 

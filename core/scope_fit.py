@@ -1,4 +1,4 @@
-"""Fitting and measuring the scope check (:mod:`core.scope`): ``python -m core.scope_fit [--report]``."""
+"""Fitting and measuring the scope check (:mod:`core.scope`): ``python -m core.scope_fit [--encoding-views N] [--report | --validate]``."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from core import scope as _scope
 from core.augment import VARIANTS, served_variant
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.inference import read_upload
-from core.ood import OODCheck, feature_extractor
+from core.ood import OODCheck, feature_extractor, guard_spec, training_views
 from core.registry import guard_files, models_dir, sha256_file
 from core.scope import MAX_VARIANT_RATE, PASS_RATE, fit_scope
 
-__all__ = ["fit_and_save", "report"]
+__all__ = ["fit_and_save", "report", "validation_report"]
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +26,18 @@ def _statistics(extract, gray: np.ndarray) -> dict[str, np.ndarray]:
     return extract(gray)[1]
 
 
-def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None) -> dict:
+def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encoding_views: int = 0) -> dict:
     """Fit the scope check on the training split (validation held out by patient as the models') and record
-    it beside the guard. Returns its record."""
+    it beside the guard, on the input the guard's pass reads (its card's ``preprocessing``). With
+    ``encoding_views``, on each training image and that many re-encoded views of it (the guard's views,
+    :func:`core.ood.training_views`). Returns its record."""
     root = root or models_dir()
     train, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
-    extract = feature_extractor(with_statistics=True)
+    spec = guard_spec(root)
+    extract = feature_extractor(with_statistics=True, spec=spec)
     x_va = load_images(val)
-    train_stats = _statistics(extract, load_images(train))
+    views = [_statistics(extract, x) for x in training_views(load_images(train), encoding_views, seed)]
+    train_stats = {k: np.concatenate([v[k] for v in views]) for k in views[0]}
     val_views = [_statistics(extract, x_va)] + [
         _statistics(extract, np.stack([served_variant(g, v) for g in x_va])) for v in VARIANTS]
     model, choice = fit_scope(train_stats, val_views)
@@ -49,6 +53,8 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None) -> dic
         "kept": model.names,
         "cutoff": model.cutoff,
         "variants": list(VARIANTS),
+        "encoding_views": encoding_views,
+        "preprocessing": spec.to_dict(),
         "data": {"train_images": len(train), "val_images": len(val), "fingerprint": fingerprint(train + val)},
         "weights_file": path.name,
         "weights_sha256": sha256_file(path),
@@ -61,18 +67,40 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None) -> dic
     return record
 
 
+def validation_report(data_dir=None, root: Path | None = None, seed: int = 42) -> dict:
+    """The checks under ``root`` on the validation images (held out by patient, ``seed``), as copies and as each
+    served variant (share withheld by the guard, the scope check and either), and the share of non-X-ray images
+    (:func:`core.ood_report.non_xray_images`) the guard refuses: what a refit is decided on, without the test set."""
+    from core.ood_report import non_xray_images
+    from core.preprocessing import squash
+
+    check = OODCheck(root)
+    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
+    gray = load_images(val)
+    out: dict = {"validation": _withheld(check, gray)}
+    others = check(np.stack([squash(v) for v in non_xray_images().values()]))
+    out["non_xray_images"] = len(others)
+    out["non_xray_refused_by_guard"] = float(np.mean([r.score > r.cutoff for r in others]))
+    return out
+
+
+def _withheld(check, gray: np.ndarray) -> dict:
+    """Share of ``gray`` withheld by the guard, the scope check and either, as copies and as each served variant."""
+    out = {}
+    for variant in ("copies", *VARIANTS):
+        images = gray if variant == "copies" else np.stack([served_variant(g, variant) for g in gray])
+        found = [r for i in range(0, len(images), 64) for r in check(images[i : i + 64])]
+        out[variant] = {"images": len(found), "guard": float(np.mean([r.score > r.cutoff for r in found])),
+                        "scope": float(np.mean([r.out_of_scope for r in found])),
+                        "either": float(np.mean([r.flagged for r in found]))}
+    return out
+
+
 def report(data_dir=None, root: Path | None = None) -> dict:
     """The shipped guard and scope check on every official test X-ray, as its copy and as each served variant
     (share withheld by each and by either), and on the adult films beside the dataset (``adult_samples/``)."""
     check, data_dir = OODCheck(root), find_data_dir(data_dir)
-    gray = load_images(list_split(data_dir, "test"))
-    out: dict = {"test": {}, "adult_samples": {}}
-    for variant in ("copies", *VARIANTS):
-        images = gray if variant == "copies" else np.stack([served_variant(g, variant) for g in gray])
-        found = [r for i in range(0, len(images), 64) for r in check(images[i : i + 64])]
-        out["test"][variant] = {"images": len(found), "guard": float(np.mean([r.score > r.cutoff for r in found])),
-                                "scope": float(np.mean([r.out_of_scope for r in found])),
-                                "either": float(np.mean([r.flagged for r in found]))}
+    out: dict = {"test": _withheld(check, load_images(list_split(data_dir, "test"))), "adult_samples": {}}
     for path in sorted((data_dir.parent / "adult_samples").glob("*.png")):
         film = read_upload(path.read_bytes(), path.name).gray[None]
         r = check(film)[0]
@@ -84,16 +112,31 @@ def report(data_dir=None, root: Path | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    """``python -m core.scope_fit [--data-dir D] [--report]``: fit the scope check and ship it beside the guard; with
-    ``--report``, measure the shipped guard and scope check instead (writes ``models/ood/scope_report.json``)."""
+    """``python -m core.scope_fit [--data-dir D] [--encoding-views N] [--out DIR] [--report | --validate]``: fit the scope
+    check and ship it beside the guard; with ``--report``, measure the shipped guard and scope check instead (writes
+    ``models/ood/scope_report.json``); with ``--validate``, measure them on validation images only."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m core.scope_fit", description=main.__doc__)
     parser.add_argument("--data-dir")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write under DIR/ood instead of models/ood")
     parser.add_argument("--report", action="store_true", help="measure the shipped checks instead of fitting")
+    parser.add_argument("--validate", action="store_true",
+                        help="measure the checks under --out on the validation images and non-X-rays (no test images; "
+                             "writes validation_report.json beside them)")
+    parser.add_argument("--encoding-views", type=int, default=0, metavar="N",
+                        help="fit on each training image and N re-encoded views of it (checks v2: 3)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if args.validate:
+        result = validation_report(args.data_dir, args.out)
+        (guard_files(args.out).folder / "validation_report.json").write_text(json.dumps(result, indent=1) + "\n")
+        for variant, r in result["validation"].items():
+            print(f"validation {variant:14s} withheld: guard {r['guard']:.1%}, scope {r['scope']:.1%}, "
+                  f"either {r['either']:.1%}")
+        print(f"non-X-ray images refused by the guard: {result['non_xray_refused_by_guard']:.1%} of "
+              f"{result['non_xray_images']}")
+        return 0
     if args.report:
         result = report(args.data_dir, args.out)
         (guard_files(args.out).folder / "scope_report.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -103,7 +146,7 @@ def main(argv=None) -> int:
             print(f"{name}: guard {r['guard_score']:.3f}, scope {r['scope_score']:.3f}, withheld {r['withheld']}; "
                   + ", ".join(f"{k} {v:.2f}" for k, v in r["scope_distances"].items()))
         return 0
-    record = fit_and_save(args.data_dir, root=args.out)
+    record = fit_and_save(args.data_dir, root=args.out, encoding_views=args.encoding_views)
     print(f"kept {', '.join(record['kept'])}; cut-off {record['cutoff']:.3f}")
     return 0
 
