@@ -14,6 +14,8 @@ from core.augment import VARIANTS, served_variant
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.inference import read_upload
 from core.ood import OODCheck, feature_extractor, guard_spec, training_views
+from core.ood_report import non_xray_images
+from core.preprocessing import squash
 from core.registry import guard_files, models_dir, sha256_file
 from core.scope import MAX_VARIANT_RATE, PASS_RATE, fit_scope
 
@@ -71,9 +73,6 @@ def validation_report(data_dir=None, root: Path | None = None, seed: int = 42) -
     """The checks under ``root`` on the validation images (held out by patient, ``seed``), as copies and as each
     served variant (share withheld by the guard, the scope check and either), and the share of non-X-ray images
     (:func:`core.ood_report.non_xray_images`) the guard refuses: what a refit is decided on, without the test set."""
-    from core.ood_report import non_xray_images
-    from core.preprocessing import squash
-
     check = OODCheck(root)
     _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
     gray = load_images(val)
