@@ -72,11 +72,17 @@ def test_every_adult_film_is_withheld(check, data_dir):
     assert all(r.flagged for r in _adult_readings(check, data_dir).values())
 
 
-def test_pediatric_test_xrays_pass_the_checks_in_every_variant(check, data_dir):
-    """At least 98 % of the official test X-rays pass the guard and the scope check, as their copies and as each
-    served variant (the issue's bar)."""
+def test_pediatric_test_xrays_pass_the_checks_in_every_variant(data_dir):
+    """At least 98 % of the official test X-rays pass the guard and the scope check (where shipped), as their copies
+    and as each served variant (the issue's bar)."""
     from core.augment import VARIANTS, served_variant
     from core.data import list_split, load_images
+    from core.ood import OODCheck
+
+    try:
+        check = OODCheck()
+    except FileNotFoundError:
+        pytest.skip("no out-of-distribution guard under models/ood")
 
     gray = load_images(list_split(data_dir, "test"))
     for variant in (None, *VARIANTS):
