@@ -266,7 +266,7 @@ def write_converted_weights(name: str, arrays: dict[str, np.ndarray]) -> None:
             "differs from the one this project was built with."
         )
     path = _converted_path(name)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # processes converting at once (parallel tests) do not collide
     np.savez(tmp, **arrays)
     tmp.replace(path)
     log.info("Converted weights cached at %s", path)
