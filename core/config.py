@@ -117,35 +117,54 @@ RECIPES: dict[str, Recipe] = {
         brightness=0.2,
         contrast=0.3,
         central_erasing=0.5,
+        encoding_augment=True,
         equalize=True,
+        blur_sigma=2.0,
         learning_rate=1e-4,
         trainable_top_layers=41,
-        init_from="transfer_v1",
+        init_from="transfer",
         early_stopping_patience=3,
-        soup_seeds=(42, 43, 44, 45),
-        wise_ft_alpha=0.5,
+        soup_seeds=(42, 43),
+        wise_ft_alpha=0.25,
         notes=[
             "Two-stage: stage 1 is the trained 'transfer' model (head on the frozen backbone); "
             "stage 2 unfreezes the top 41 layers (BatchNorm stays frozen) with Adam 1e-4.",
-            "Stage 1 is the 'transfer' that shipped before v11 (recipe 'transfer_v1': unblurred input; the card records "
-            "its weights' sha256); v11's blurred 'transfer' feeds the model differently (docs/lungs.md, section 7).",
+            "v13 (docs/lungs.md, sections 7-9): trained and served on blurred input, every training image re-encoded "
+            "at random, starting from the v11 'transfer'.",
             "Augmentation is wider than the study's (zoom 0.2, brightness 0.2, contrast 0.3) to cover "
             "exposure and framing differences between X-ray systems.",
             "Half of the training images have the central third of their width (mediastinum and "
             "heart) blanked, to push the model to find its evidence in the lung fields.",
+            BLUR_NOTE,
             EQUALIZE_NOTE,
-            "Shipped weights: the average of the four stage-2 runs (seeds 42-45), then mixed half and half "
-            "with the 'transfer' weights they started from (WiSE-FT, Wortsman et al. 2022), which tends to hold "
-            "up better than the fine-tuned weights alone on images unlike the training set.",
+            ENCODING_NOTE,
+            "Shipped weights: the average of two stage-2 runs (seeds 42 and 43), mixed with the 'transfer' weights "
+            "they started from at alpha 0.25 (WiSE-FT, Wortsman et al. 2022: 0.75 x start + 0.25 x fine-tuned), the "
+            "alpha of 0, 0.25, 0.5, 0.75, 1 with the highest validation ROC AUC.",
         ],
     ),
 }
 
-# the stage 1 of the shipped 'finetuned': 'transfer' as it was before v11 (no blur, no re-encoded views)
+# 'transfer' as it was before v11 (no blur, no re-encoded views): the stage 1 of 'finetuned_v6'
 RECIPES["transfer_v1"] = replace(
     RECIPES["transfer"], name="transfer_v1", encoding_augment=False, blur_sigma=0.0,
     notes=[*RECIPES["transfer"].notes[:2], "The 'transfer' recipe before v11 (docs/lungs.md, section 7), kept as the "
-           "stage 1 of the shipped 'finetuned'; train it with --out DIR, then 'finetuned' with the same --out."])
+           "stage 1 of 'finetuned_v6'; train it with --out DIR, then 'finetuned_v6' with the same --out."])
+
+# 'finetuned' as it shipped before v13 (docs/lungs.md, section 9); the lung-focused recipes v8 and v10 started from it
+RECIPES["finetuned_v6"] = replace(
+    RECIPES["finetuned"], name="finetuned_v6", init_from="transfer_v1", encoding_augment=False, blur_sigma=0.0,
+    soup_seeds=(42, 43, 44, 45), wise_ft_alpha=0.5,
+    notes=[
+        RECIPES["finetuned"].notes[0],
+        "Stage 1 is the 'transfer' that shipped before v11 (recipe 'transfer_v1': unblurred input); 'finetuned' "
+        "shipped this recipe until v13 (docs/lungs.md, sections 7-9).",
+        *RECIPES["finetuned"].notes[2:4],
+        EQUALIZE_NOTE,
+        "Shipped weights: the average of the four stage-2 runs (seeds 42-45), then mixed half and half "
+        "with the 'transfer' weights they started from (WiSE-FT, Wortsman et al. 2022), which tends to hold "
+        "up better than the fine-tuned weights alone on images unlike the training set.",
+    ])
 
 LUNG_FOCUS_NOTE = (
     "The model sees only the lungs: after equalisation every pixel farther than 7 pixels outside the lung mask "
@@ -162,10 +181,10 @@ RECIPES["lungfocus_v8_head"] = replace(
            "trained on the pooled features of each image and three re-encoded views of it.",
            LUNG_FOCUS_NOTE, EQUALIZE_NOTE])
 RECIPES["lungfocus_v8"] = replace(
-    RECIPES["finetuned"], name="lungfocus_v8", init_from="lungfocus_v8_head", encoding_augment=True, lung_margin=7,
+    RECIPES["finetuned_v6"], name="lungfocus_v8", init_from="lungfocus_v8_head", encoding_augment=True, lung_margin=7,
     lung_margin_jitter=4,
-    notes=[RECIPES["finetuned"].notes[0].replace("'transfer' model", "'lungfocus_v8_head' model"),
-           *RECIPES["finetuned"].notes[2:-1],
+    notes=[RECIPES["finetuned_v6"].notes[0].replace("'transfer' model", "'lungfocus_v8_head' model"),
+           *RECIPES["finetuned_v6"].notes[2:-1],
            "Shipped weights: the average of the four stage-2 runs (seeds 42-45), mixed half and half with the "
            "'lungfocus_v8_head' weights they started from (WiSE-FT).", LUNG_FOCUS_NOTE, ENCODING_NOTE])
 
@@ -184,7 +203,7 @@ RECIPES["lungfocus"] = replace(
            LUNG_POOL_NOTE, BLUR_NOTE, EQUALIZE_NOTE, ENCODING_NOTE])
 
 RECIPES["lungfocus_ft"] = replace(
-    RECIPES["finetuned"], name="lungfocus_ft", kind="lungpool", init_from="lungfocus", encoding_augment=True,
+    RECIPES["finetuned_v6"], name="lungfocus_ft", kind="lungpool", init_from="lungfocus", encoding_augment=True,
     blur_sigma=2.0, central_erasing=0.0, soup_seeds=(42,),
     notes=["Stage 2 of v9's 'lungfocus' (v10 in docs/lungs.md): started from it, the top 41 backbone layers "
            "trained (BatchNorm and the lung decoder frozen) on lung-pooled features, every training image "

@@ -77,8 +77,9 @@ def label_for(probability: float, threshold: float) -> str:
 class LoadedModel:
     """A shipped model with its card, input spec and compiled Grad-CAM, warmed up once.
 
-    Given the lung segmenter, a model that shares its backbone taps and input (the shipped ``finetuned``) also
-    finds the lungs in the same compiled call (``gives_lungs``).
+    Given the lung segmenter, a model that shares its backbone taps and input (an unblurred, equalised Lite0 model
+    such as ``finetuned`` v6; since v13 no shipped model is) also finds the lungs in the same compiled call
+    (``gives_lungs``).
     """
 
     def __init__(self, name: str, root: Path | None = None, lungs: LungSegmenter | None = None):

@@ -8,7 +8,7 @@ decoder is trained and shipped (``models/lungs/decoder.npz``, well under 5 MB); 
 converted ImageNet Lite0 every install already has.
 
 Input: the 224 x 224 grayscale image, histogram-equalised, then ``(x - 127) / 128`` in three channels
-(as the ``finetuned`` card; v11's ``transfer`` and ``lungfocus`` blur first, so they cannot share it). Training (:func:`train_segmenter`) augments geometry
+(as ``finetuned`` v6 was fed; the shipped models since v13 blur first, so they cannot share it). Training (:func:`train_segmenter`) augments geometry
 (image and mask together) and the encoding path (JPEG quality, down/up-sampling, blur, noise; the image
 only), so the lungs found do not depend on how the file was encoded.
 """
@@ -125,7 +125,7 @@ class LungSegmenter:
 
     def head_for(self, model: keras.Model, spec: InputSpec) -> keras.Model | None:
         """The decoder, when ``model`` computes the very taps it reads (same input, same frozen ImageNet
-        layers up to ``block10_add``: the shipped ``finetuned``), so one pass can give the lungs too;
+        layers up to ``block10_add``: e.g. ``finetuned`` v6), so one pass can give the lungs too;
         else ``None``."""
         if spec != SPEC:
             return None

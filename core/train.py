@@ -55,7 +55,7 @@ def main(argv=None) -> int:
                              "serving (written into the card; recipe v11)")
     parser.add_argument("--init-from", metavar="NAME",
                         help="start a two-stage recipe from the model NAME (in --out's folder) instead of the "
-                             "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer_v1')")
+                             "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer')")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write the model folder under DIR instead of models/ (a candidate); a two-stage recipe "
                              "then starts from DIR's stage-1 model")

@@ -1,6 +1,7 @@
 """The lung segmenter: its parts, its augmentation, the shipped one's Dice, and lungs in serving."""
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -152,6 +153,20 @@ def test_a_lite0_model_finds_the_same_lungs_in_its_own_pass(segmenter, shipped_m
         if model.gives_lungs:
             assert np.array_equal(np.stack([d.lungs for d in found]), alone), name
         assert [d.probability for d in found] == pytest.approx([d.probability for d in plain.diagnose_gray(gray)])
+
+    # since v13 every shipped model blurs its input, so a Lite0 model fed as the segmenter is (ImageNet backbone,
+    # a fresh head) shows that one compiled call gives the probability, the map and the very lungs it finds
+    from core.gradcam import GradCam
+    from core.models import GRADCAM_LAYERS, build_model
+    from core.preprocessing import to_model_input
+    from core.segmenter import SPEC, TAPS, THRESHOLD
+
+    fed_alike = build_model("transfer", "efficientnet_lite0")
+    head = segmenter.head_for(fed_alike, SPEC)
+    assert head is not None and segmenter.head_for(fed_alike, replace(SPEC, blur_sigma=2.0)) is None
+    probs, signed, lungs = GradCam(fed_alike, GRADCAM_LAYERS["efficientnet_lite0"], head, TAPS).with_head(
+        to_model_input(gray, SPEC))
+    assert np.array_equal(np.asarray(lungs) >= THRESHOLD, alone) and len(probs) == len(signed) == len(gray)
 
 
 def test_training_ships_a_segmenter_that_loads_and_resumes(tmp_path, monkeypatch):

@@ -74,14 +74,14 @@ def test_recipes_are_complete():
     assert tr.blur_sigma == 2.0 and tr.encoding_augment and tr.equalize and not tr.trainable_top_layers
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
-    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "finetuned", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
-                            "lungfocus_ft"}
+    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "finetuned", "finetuned_v6", "lungfocus_v8_head",
+                            "lungfocus_v8", "lungfocus", "lungfocus_ft"}
     # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
     v10 = RECIPES["lungfocus_ft"]
     assert v10.kind == "lungpool" and v10.init_from == "lungfocus" and v10.blur_sigma == 2.0 and v10.soup_seeds == (42,)
     changed = ("name", "kind", "notes", "blur_sigma", "encoding_augment", "init_from", "central_erasing", "soup_seeds")
     assert {k: v for k, v in v10.to_dict().items() if k not in changed} == \
-        {k: v for k, v in RECIPES["finetuned"].to_dict().items() if k not in changed}
+        {k: v for k, v in RECIPES["finetuned_v6"].to_dict().items() if k not in changed}
     # v9 (docs/lungs.md, section 5): the transfer recipe, pooled over the lungs, blurred input, re-encoded views
     v9 = RECIPES["lungfocus"]
     assert v9.kind == "lungpool" and v9.blur_sigma == 2.0 and v9.encoding_augment and v9.equalize
@@ -91,22 +91,28 @@ def test_recipes_are_complete():
     lf = RECIPES["lungfocus_v8"]
     assert lf.init_from == "lungfocus_v8_head" and RECIPES["lungfocus_v8_head"].lung_margin == lf.lung_margin == 7
     assert lf.encoding_augment and lf.lung_margin_jitter == 4
-    # the lung-focused model is the finetuned recipe with only its input (and stage 1) changed
+    # v8 is the finetuned recipe of its day (v6) with only its input (and stage 1) changed
+    v6 = RECIPES["finetuned_v6"]
     same = lambda r: {k: v for k, v in r.to_dict().items()  # noqa: E731
                       if k not in ("name", "init_from", "notes", "lung_margin", "lung_margin_jitter", "encoding_augment")}
-    assert same(lf) == same(ft)
-    ft = RECIPES["finetuned"]
+    assert same(lf) == same(v6)
     assert (ft.learning_rate, ft.label_smoothing, ft.dropout, ft.class_weights) == (1e-4, 0.1, 0.5, True)
-    # the shipped finetuned started from the transfer of before v11, kept as transfer_v1 (fed as finetuned is)
-    assert ft.trainable_top_layers == 41 and ft.init_from == "transfer_v1"
+    # v13 (docs/lungs.md, section 9): v6 on blurred, re-encoded input from the v11 transfer; two runs, WiSE-FT 0.25
+    assert ft.trainable_top_layers == 41 and ft.init_from == "transfer" and ft.blur_sigma == 2.0 and ft.encoding_augment
+    assert (ft.soup_seeds, ft.wise_ft_alpha) == ((42, 43), 0.25)
+    differs = ("name", "notes", "blur_sigma", "encoding_augment", "init_from", "soup_seeds", "wise_ft_alpha")
+    assert {k: v for k, v in ft.to_dict().items() if k not in differs} == \
+        {k: v for k, v in v6.to_dict().items() if k not in differs}
+    # v6 started from the transfer of before v11, kept as transfer_v1 (fed as v6 is)
+    assert v6.init_from == "transfer_v1" and (v6.soup_seeds, v6.wise_ft_alpha) == ((42, 43, 44, 45), 0.5)
     v1 = RECIPES["transfer_v1"]
-    assert not v1.blur_sigma and not v1.encoding_augment and v1.equalize == ft.equalize
+    assert not v1.blur_sigma and not v1.encoding_augment and v1.equalize == v6.equalize == ft.equalize
     with pytest.raises(KeyError, match="Available"):
         get_recipe("resnet")
 
 
 def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
-    """The recipe chain on tiny data: frozen-backbone head, then fine-tuning from it."""
+    """The shipped recipe chain on tiny data: frozen-backbone head, then fine-tuning from it."""
     import keras
 
     from core.registry import load_keras_model
@@ -115,15 +121,15 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=16)
     out = tmp_path / "models"
-    train(get_recipe("transfer_v1").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
-    transfer_card = load_card("transfer_v1", out)
+    train(get_recipe("transfer").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    transfer_card = load_card("transfer", out)
     assert transfer_card.trainable_parameters_in_training == 1281  # the head only
     # one stage-2 run, not the recipe's four-seed soup (soups have their own test below)
     train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=()), data,
           out_root=out)
     card = load_card("finetuned", out)
-    assert card.initialised_from == {"model": "transfer_v1", "sha256": transfer_card.weights_sha256}
-    before, after = load_keras_model("transfer_v1", out), load_keras_model("finetuned", out)
+    assert card.initialised_from == {"model": "transfer", "sha256": transfer_card.weights_sha256}
+    before, after = load_keras_model("transfer", out), load_keras_model("finetuned", out)
     changed = lambda layer: not np.allclose(before.get_layer(layer).get_weights()[0],  # noqa: E731
                                             after.get_layer(layer).get_weights()[0])
     assert changed("top_conv") and changed("logit")
@@ -133,7 +139,7 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
 
 def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
     """Stage 2 must see its input prepared as stage 1 was (e.g. both blurred or neither: v11's blurred transfer cannot
-    be the stage 1 of the shipped, unblurred finetuned recipe)."""
+    be the stage 1 of v6, the unblurred finetuned recipe)."""
     from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
@@ -141,7 +147,7 @@ def test_finetuning_refuses_a_stage_one_fed_differently(tmp_path, monkeypatch):
     out = tmp_path / "models"
     train(get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
     with pytest.raises(ValueError, match="differently preprocessed"):
-        train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, init_from="transfer"),
+        train(get_recipe("finetuned_v6").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, init_from="transfer"),
               data, out_root=out)
 
 
@@ -171,11 +177,11 @@ def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, m
     out = tmp_path / "models"
     small = dict(epochs=1, batch_size=8, val_fraction=0.25, wise_ft_alpha=1.0)  # the soup alone, not mixed with its start
     train(get_recipe("transfer_v1").with_overrides(**small), data, out_root=out)
-    train(get_recipe("finetuned").with_overrides(soup_seeds=(5, 6), **small), data, out_root=out)
-    card = load_card("finetuned", out)
-    runs = tmp_path / "cache" / "runs" / "finetuned"
+    train(get_recipe("finetuned_v6").with_overrides(soup_seeds=(5, 6), **small), data, out_root=out)
+    card = load_card("finetuned_v6", out)
+    runs = tmp_path / "cache" / "runs" / "finetuned_v6"
     members = [keras_load(runs / f"seed-{s}" / "best.keras") for s in (5, 6)]
-    soup = load_keras_model("finetuned", out)
+    soup = load_keras_model("finetuned_v6", out)
     a, b, m = (x.get_layer("top_conv").get_weights()[0] for x in (*members, soup))
     assert not np.allclose(a, b)  # the seed changed the run
     np.testing.assert_allclose(m, (a + b) / 2, rtol=1e-6, atol=1e-7)
@@ -183,14 +189,14 @@ def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, m
     assert card.seed == 42 and card.data["split"].endswith("seed 42)")  # members share the split
     for s in (5, 6):
         assert json.loads((runs / f"seed-{s}" / "state.json").read_text())["recipe"]["seed"] == s
-    with open(tmp_path / "models" / "finetuned" / "history.csv") as f:
+    with open(tmp_path / "models" / "finetuned_v6" / "history.csv") as f:
         assert {r["member_seed"] for r in csv.DictReader(f)} == {"5", "6"}
 
     # run again with one more member: the finished ones are reused, not retrained
     before = sha256_file(runs / "seed-5" / "best.keras")
-    train(get_recipe("finetuned").with_overrides(soup_seeds=(5, 6, 7), **small), data, out_root=out)
+    train(get_recipe("finetuned_v6").with_overrides(soup_seeds=(5, 6, 7), **small), data, out_root=out)
     assert sha256_file(runs / "seed-5" / "best.keras") == before
-    assert len(load_card("finetuned", out).soup["members"]) == 3
+    assert len(load_card("finetuned_v6", out).soup["members"]) == 3
 
 
 def keras_load(path):
@@ -258,26 +264,26 @@ def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, mon
     out = tmp_path / "models"
     small = dict(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=())
     train(get_recipe("transfer_v1").with_overrides(**small), data, out_root=out)
-    train(get_recipe("finetuned").with_overrides(wise_ft_alpha=0.25, **small), data, out_root=out)
+    train(get_recipe("finetuned_v6").with_overrides(wise_ft_alpha=0.25, **small), data, out_root=out)
     start = load_keras_model("transfer_v1", out)
-    run = keras_load(tmp_path / "cache" / "runs" / "finetuned" / "best.keras")
-    shipped = load_keras_model("finetuned", out)
+    run = keras_load(tmp_path / "cache" / "runs" / "finetuned_v6" / "best.keras")
+    shipped = load_keras_model("finetuned_v6", out)
     for layer in ("top_conv", "logit"):
         s, r, m = (x.get_layer(layer).get_weights()[0] for x in (start, run, shipped))
         assert not np.allclose(s, r)  # fine-tuning moved it, so the mix is a real test
         np.testing.assert_allclose(m, 0.75 * s + 0.25 * r, rtol=1e-5, atol=1e-7)
-    wise = load_card("finetuned", out).wise_ft
+    wise = load_card("finetuned_v6", out).wise_ft
     assert wise["alpha"] == 0.25 and wise["start"] == "transfer_v1"
     assert wise["start_sha256"] == load_card("transfer_v1", out).weights_sha256
     assert set(wise["val_roc_auc_by_alpha"]) == {"0", "0.25", "0.5", "0.75", "1"}
-    assert wise["val_roc_auc_by_alpha"]["0.25"] == pytest.approx(load_card("finetuned", out).val_metrics["roc_auc"])
+    assert wise["val_roc_auc_by_alpha"]["0.25"] == pytest.approx(load_card("finetuned_v6", out).val_metrics["roc_auc"])
 
     # the finished run is reused for another alpha (the mix is not part of the run's settings)
-    before = sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras")
-    train(get_recipe("finetuned").with_overrides(wise_ft_alpha=1.0, **small), data, out_root=out)
-    assert sha256_file(tmp_path / "cache" / "runs" / "finetuned" / "best.keras") == before
-    assert load_card("finetuned", out).wise_ft is None
-    np.testing.assert_array_equal(load_keras_model("finetuned", out).get_layer("logit").get_weights()[0],
+    before = sha256_file(tmp_path / "cache" / "runs" / "finetuned_v6" / "best.keras")
+    train(get_recipe("finetuned_v6").with_overrides(wise_ft_alpha=1.0, **small), data, out_root=out)
+    assert sha256_file(tmp_path / "cache" / "runs" / "finetuned_v6" / "best.keras") == before
+    assert load_card("finetuned_v6", out).wise_ft is None
+    np.testing.assert_array_equal(load_keras_model("finetuned_v6", out).get_layer("logit").get_weights()[0],
                                   run.get_layer("logit").get_weights()[0])
 
 
