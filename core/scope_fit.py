@@ -72,7 +72,8 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encodi
 def validation_report(data_dir=None, root: Path | None = None, seed: int = 42) -> dict:
     """The checks under ``root`` on the validation images (held out by patient, ``seed``), as copies and as each
     served variant (share withheld by the guard, the scope check and either), and the share of non-X-ray images
-    (:func:`core.ood_report.non_xray_images`) the guard refuses: what a refit is decided on, without the test set."""
+    (:func:`core.ood_report.non_xray_images`) withheld, by the guard alone and by the two checks together: what a
+    refit is decided on, without the test set."""
     check = OODCheck(root)
     _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
     gray = load_images(val)
