@@ -157,6 +157,7 @@ def test_the_checks_read_the_input_their_card_names(tmp_path):
 
     from core.ood import OODCheck, feature_extractor, fit_guard, guard_spec
     from core.preprocessing import InputSpec, low_pass
+    from core.registry import sha256_file
     from core.scope import ScopeModel
     from tests.helpers import xray_like
 
@@ -170,8 +171,6 @@ def test_the_checks_read_the_input_their_card_names(tmp_path):
         tmp_path / "ood", {"name": "ood", "preprocessing": blurred.to_dict()})
     assert guard_spec(tmp_path) == blurred
     ScopeModel(["block4_add.std"], [np.zeros(40)], [np.ones(40)], [np.eye(40)], [1.0], 2.0).save(tmp_path / "ood" / "scope.npz")
-    from core.registry import sha256_file
-
     card = json.loads((tmp_path / "ood" / "card.json").read_text())
     card["scope"] = {"weights_sha256": sha256_file(tmp_path / "ood" / "scope.npz")}  # fitted before v2: plain input
     (tmp_path / "ood" / "card.json").write_text(json.dumps(card))
@@ -200,3 +199,8 @@ def test_checks_v2_fit_on_blurred_views_and_serve_what_they_were_fitted_on(tmp_p
     assert card["scope"]["encoding_views"] == 1 and card["scope"]["preprocessing"] == card["preprocessing"]
     check = ood.OODCheck(tmp_path)
     assert check.spec == InputSpec(blur_sigma=2.0) and len(check(np.zeros((2, 224, 224), np.uint8))) == 2
+    # --validate measures them on the validation images and non-X-rays only, beside their files
+    assert scope_fit.main(["--data-dir", str(data), "--validate", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "ood" / "validation_report.json").read_text())
+    assert set(result["validation"]) == {"copies", "jpeg_q50", "jpeg_q95", "up4_png", "up4_jpeg_q90"}
+    assert result["non_xray_images"] == 25 and 0 <= result["non_xray_refused_by_guard"] <= result["non_xray_refused"] <= 1
