@@ -65,8 +65,9 @@ def wise_ft(tuned: keras.Model, start: keras.Model, alpha: float, val_probs: Cal
             y_va, start_name: str, start_sha: str | None) -> tuple[keras.Model, dict, np.ndarray]:
     """Mix the fine-tuned model with its start at ``alpha`` (WiSE-FT).
 
-    Also scores the mix on validation at the alphas the card reports, for information only:
-    ``alpha`` is fixed by the recipe, not chosen here.
+    Also scores the mix on validation at the alphas the card reports: ``alpha`` is fixed by the recipe, not
+    chosen here (a later recipe may choose it from this curve, as v13 of ``finetuned`` did; its card then says
+    so under ``alpha_choice``).
 
     Args:
         tuned: The fine-tuned model (its weights are replaced by the mix).

@@ -43,9 +43,9 @@ def soup_text(soup: dict) -> str:
 
 def wise_text(wise: dict) -> str:
     curve = ", ".join(f"α = {a}: {auc:.3f}" for a, auc in wise["val_roc_auc_by_alpha"].items())
+    chosen = wise.get("alpha_choice", "fixed in the recipe before training, not chosen on data")
     return (f"{1 - wise['alpha']:g} × `{wise['start']}` (the start) + {wise['alpha']:g} × the fine-tuned weights, "
-            f"every weight (WiSE-FT; α fixed in advance, not chosen on data). "
-            f"Validation ROC AUC by α, for information only: {curve}")
+            f"every weight (WiSE-FT; α {chosen}). Validation ROC AUC by α: {curve}")
 
 
 def augmentation_text(cfg: dict) -> str:

@@ -45,6 +45,8 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
         assert ("| Mixed with its start |" in table) == bool(wise), name
         if wise:
             assert f"{1 - wise['alpha']:g} × `{wise['start']}`" in table, name
+            # how α was chosen is the card's word (v13: by validation ROC AUC), never a claim the page makes for all
+            assert wise.get("alpha_choice", "fixed in the recipe before training") in table, name
 
 
 def _assert_diagnosed(at, n_models):
