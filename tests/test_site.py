@@ -3,6 +3,7 @@
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -81,3 +82,35 @@ def test_a_profile_round_trips_and_refuses_other_weights():
         profile_from_json(json.dumps({"threshold": 0.5}).encode(), {"finetuned": "ab" * 32})
     with pytest.raises(ImageDecodeError, match="not a site"):
         profile_from_json(b"\xff\xfe", {"finetuned": "ab" * 32})
+
+
+def test_split_half_accuracy_chooses_on_one_half_of_the_patients_and_scores_the_other():
+    from core.site import split_half_accuracy
+
+    rng = np.random.default_rng(0)
+    patients = np.repeat(np.arange(100), 2)  # two images per patient
+    y = np.repeat(rng.integers(0, 2, 100), 2)
+    perfect = split_half_accuracy(y, np.where(y == 1, 0.9, 0.1), patients)
+    assert len(perfect) == 20 and set(perfect) == {1.0}
+    noise = split_half_accuracy(y, rng.random(200), patients, halvings=50)
+    assert 0.35 < np.mean(noise) < 0.65  # a threshold chosen on noise does not carry to the other half
+
+
+def test_the_site_page_quotes_what_split_half_accuracy_gives_on_the_test_set(shipped_models, data_dir):
+    """The reference numbers on the Site page are the shipped finetuned model's, measured by the function."""
+    import csv
+
+    from core.data import list_split
+    from core.registry import models_dir
+    from core.site import split_half_accuracy
+
+    if "finetuned" not in shipped_models:
+        pytest.skip("no shipped finetuned model")
+    patient = {s.name: s.patient for s in list_split(data_dir, "test")}
+    with open(models_dir() / "finetuned" / "test_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    accs = split_half_accuracy([r["label"] == "PNEUMONIA" for r in rows], [float(r["probability"]) for r in rows],
+                               [patient[r["filename"]] for r in rows])
+    page = (Path(__file__).resolve().parents[1] / "pages" / "site.py").read_text()
+    assert f"accuracy {min(accs):.3f}–{max(accs):.3f} over 20 random halvings (mean {np.mean(accs):.3f}" in \
+        page.replace('"\n        "', "")
