@@ -6,7 +6,7 @@ Grad-CAM maps lie against the true lungs (``explanation``). ``--explanations`` m
 adds it to ``metrics.json``, leaving the predictions as they are. ``--invariance`` measures how every
 model's answer moves with the file's encoding and resolution (``models/invariance.json``, see
 :mod:`core.invariance`; with ``--split val``, on the validation split: ``invariance-val.json``, the rule for
-candidates). ``--models-dir DIR`` reads candidates written by ``python -m core.train --out DIR``. ``--lungs`` measures the lung segmenter's Dice on the test masks
+candidates); with ``--model NAME`` it re-measures that model and keeps the other models' rows of the file. ``--models-dir DIR`` reads candidates written by ``python -m core.train --out DIR``. ``--lungs`` measures the lung segmenter's Dice on the test masks
 (``models/lungs/metrics.json``). Nothing here is tuned: thresholds come from the model cards, chosen on
 validation data.
 """
@@ -45,7 +45,7 @@ from core.registry import (
 from core.segmenter import LungSegmenter
 
 __all__ = ["evaluate_model", "explanation_summary", "add_explanations", "evaluate_lungs", "validation_summary", "summary_line",
-           "explanation_line", "main"]
+           "explanation_line", "merge_invariance", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -260,9 +260,32 @@ def _invariance(chosen: list[str], root: Path | None, split: str, data_dir: Path
         out = out.with_name("invariance-val.json")
     result = measure(models, guard, data_dir, lungs=lungs, samples=samples)
     result["split"] = "official test" if split == "test" else "validation"
+    if out.exists() and set(chosen) != set(available_models(root)):  # some models re-measured: the others' rows stay
+        result = merge_invariance(json.loads(out.read_text()), result)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(invariance_table(result))
     return 0
+
+
+def merge_invariance(earlier: dict, new: dict) -> dict:
+    """``new`` (some models' invariance) laid over ``earlier`` (the file it replaces): every model measured now
+    replaces its earlier entry, models not measured now keep theirs, and the guard's withheld shares are the new
+    run's (the same guard gives the same shares). An earlier file of other images or variants is replaced whole."""
+    if (earlier.get("images"), earlier.get("split"), set(earlier.get("variants", {}))) != \
+            (new["images"], new["split"], set(new["variants"])):
+        return new
+    merged = json.loads(json.dumps(earlier))
+    merged["copies"], merged["bars"] = new["copies"], new["bars"]
+    for variant, r in new["variants"].items():
+        merged["variants"][variant]["models"].update(r["models"])
+        merged["variants"][variant]["withheld"] = r["withheld"]
+    if "fullres" in new:
+        if merged.get("fullres", {}).get("files") == new["fullres"]["files"]:
+            merged["fullres"]["models"].update(new["fullres"]["models"])
+            merged["fullres"].update({k: v for k, v in new["fullres"].items() if k != "models"})
+        else:
+            merged["fullres"] = new["fullres"]
+    return merged
 
 
 def explanation_line(name: str, e: dict) -> str:

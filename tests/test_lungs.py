@@ -102,3 +102,25 @@ def test_measure_runs_every_variant_through_the_upload_path(tmp_path, shipped_mo
         m = row["models"][shipped_models[0]]
         assert 0 <= m["mean_abs_dp"] <= m["max_abs_dp"] <= 1 and 0 <= m["label_agreement"] <= 1
     assert "fullres" not in result and shipped_models[0] in invariance_table(result)
+
+
+def test_re_measuring_one_model_keeps_the_others_rows_of_the_invariance_file():
+    """`python -m core.evaluate --invariance --model NAME` replaces NAME's rows and the guard's shares only."""
+    from core.evaluate import merge_invariance
+
+    def run(models, withheld, files=("a.jpeg",)):
+        rows = {m: {"mean_abs_dp": dp, "label_agreement": 1.0} for m, dp in models.items()}
+        return {"images": 624, "split": "official test", "bars": {}, "copies": {"withheld": withheld},
+                "variants": {"jpeg_q50": {"models": rows, "withheld": withheld}},
+                "fullres": {"files": list(files), "models": rows, "withheld_originals": [False]}}
+
+    earlier = run({"a": 0.1, "b": 0.2}, 0.01)
+    merged = merge_invariance(earlier, run({"b": 0.05}, 0.02))
+    assert merged["variants"]["jpeg_q50"]["models"] == {"a": {"mean_abs_dp": 0.1, "label_agreement": 1.0},
+                                                        "b": {"mean_abs_dp": 0.05, "label_agreement": 1.0}}
+    assert merged["fullres"]["models"]["a"]["mean_abs_dp"] == 0.1 and merged["fullres"]["models"]["b"]["mean_abs_dp"] == 0.05
+    assert merged["variants"]["jpeg_q50"]["withheld"] == merged["copies"]["withheld"] == 0.02
+    assert earlier["variants"]["jpeg_q50"]["models"]["b"]["mean_abs_dp"] == 0.2  # the earlier record is not changed
+    other = run({"b": 0.05}, 0.02)
+    other["images"] = 522  # another image set (e.g. validation): nothing of the earlier file is kept
+    assert merge_invariance(earlier, other) == other
