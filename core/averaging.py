@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from core.config import WISE_FT_ALPHA_FIXED
+
 __all__ = ["WISE_FT_REPORTED_ALPHAS", "average_weights", "soup_record", "wise_ft"]
 
 WISE_FT_REPORTED_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -62,12 +64,13 @@ def soup_record(members: list[tuple[int, dict]], y_va, member_probs: list[np.nda
 
 
 def wise_ft(tuned: keras.Model, start: keras.Model, alpha: float, val_probs: Callable[[keras.Model], np.ndarray],
-            y_va, start_name: str, start_sha: str | None) -> tuple[keras.Model, dict, np.ndarray]:
+            y_va, start_name: str, start_sha: str | None,
+            alpha_choice: str = WISE_FT_ALPHA_FIXED) -> tuple[keras.Model, dict, np.ndarray]:
     """Mix the fine-tuned model with its start at ``alpha`` (WiSE-FT).
 
-    Also scores the mix on validation at the alphas the card reports: ``alpha`` is fixed by the recipe, not
-    chosen here (a later recipe may choose it from this curve, as v13 of ``finetuned`` did; its card then says
-    so under ``alpha_choice``).
+    Also scores the mix on validation at the alphas the card reports: ``alpha`` is the recipe's, not chosen
+    here (a recipe may have chosen it from this curve, as v13 of ``finetuned`` did; ``alpha_choice`` says how,
+    and the card's record keeps it).
 
     Args:
         tuned: The fine-tuned model (its weights are replaced by the mix).
@@ -76,6 +79,7 @@ def wise_ft(tuned: keras.Model, start: keras.Model, alpha: float, val_probs: Cal
         val_probs: P(pneumonia) of a model on the validation images.
         y_va: Validation labels.
         start_name, start_sha: The start's name and weights sha256, for the card.
+        alpha_choice: How the recipe chose ``alpha``, for the card.
 
     Returns:
         (the mixed model, the card's ``wise_ft`` record, its validation probabilities).
@@ -87,7 +91,7 @@ def wise_ft(tuned: keras.Model, start: keras.Model, alpha: float, val_probs: Cal
         return average_weights([tuned, start], [a, 1 - a])
 
     probs = {a: val_probs(mix(a)) for a in sorted({*WISE_FT_REPORTED_ALPHAS, alpha})}
-    record = {"alpha": alpha, "start": start_name, "start_sha256": start_sha,
+    record = {"alpha": alpha, "alpha_choice": alpha_choice, "start": start_name, "start_sha256": start_sha,
               "rule": "every weight = (1 - alpha) x the start's + alpha x the fine-tuned one's (WiSE-FT)",
               "val_roc_auc_by_alpha": {f"{a:g}": float(roc_auc_score(y_va, p)) for a, p in probs.items()}}
     return mix(alpha), record, probs[alpha]

@@ -72,9 +72,9 @@ def save_state(run_dir: Path, state: dict) -> None:
 
 def settings(recipe: Recipe) -> dict:
     """What must match for a saved run to be resumed: the recipe as JSON, except its epoch budget,
-    its notes (prose) and the WiSE-FT mix, which is applied to the finished run."""
+    its notes (prose) and the WiSE-FT mix (and how its alpha was chosen), which is applied to the finished run."""
     return {k: v for k, v in json.loads(json.dumps(recipe.to_dict())).items()
-            if k not in ("epochs", "notes", "wise_ft_alpha")}
+            if k not in ("epochs", "notes", "wise_ft_alpha", "wise_ft_alpha_choice")}
 
 
 def check_same_run(state: dict, recipe: Recipe, run_dir: Path) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["Recipe", "RECIPES", "get_recipe"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "WISE_FT_ALPHA_FIXED"]
+
+WISE_FT_ALPHA_FIXED = "fixed in the recipe before training, not chosen on data"
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class Recipe:
     # WiSE-FT (Wortsman et al., CVPR 2022): ship (1 - a) x the stage-1 weights + a x the fine-tuned
     # weights; 1.0 ships the fine-tuned weights as they are. Needs ``init_from``.
     wise_ft_alpha: float = 1.0
+    wise_ft_alpha_choice: str = WISE_FT_ALPHA_FIXED  # how the alpha was chosen, as the card's wise_ft record says
     threshold_rule: str = "youden"  # maximise sensitivity + specificity - 1 on validation
     notes: list[str] = field(default_factory=list)
 
@@ -126,6 +129,8 @@ RECIPES: dict[str, Recipe] = {
         early_stopping_patience=3,
         soup_seeds=(42, 43),
         wise_ft_alpha=0.25,
+        wise_ft_alpha_choice="chosen as the one of 0, 0.25, 0.5, 0.75, 1 with the highest validation ROC AUC "
+                             "(docs/lungs.md, section 9)",
         notes=[
             "Two-stage: stage 1 is the trained 'transfer' model (head on the frozen backbone); "
             "stage 2 unfreezes the top 41 layers (BatchNorm stays frozen) with Adam 1e-4.",
@@ -154,7 +159,7 @@ RECIPES["transfer_v1"] = replace(
 # 'finetuned' as it shipped before v13 (docs/lungs.md, section 9); the lung-focused recipes v8 and v10 started from it
 RECIPES["finetuned_v6"] = replace(
     RECIPES["finetuned"], name="finetuned_v6", init_from="transfer_v1", encoding_augment=False, blur_sigma=0.0,
-    soup_seeds=(42, 43, 44, 45), wise_ft_alpha=0.5,
+    soup_seeds=(42, 43, 44, 45), wise_ft_alpha=0.5, wise_ft_alpha_choice=WISE_FT_ALPHA_FIXED,
     notes=[
         RECIPES["finetuned"].notes[0],
         "Stage 1 is the 'transfer' that shipped before v11 (recipe 'transfer_v1': unblurred input); 'finetuned' "

@@ -14,6 +14,7 @@ validation data.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import logging
@@ -274,7 +275,7 @@ def merge_invariance(earlier: dict, new: dict) -> dict:
     if (earlier.get("images"), earlier.get("split"), set(earlier.get("variants", {}))) != \
             (new["images"], new["split"], set(new["variants"])):
         return new
-    merged = json.loads(json.dumps(earlier))
+    merged = copy.deepcopy(earlier)
     merged["copies"], merged["bars"] = new["copies"], new["bars"]
     for variant, r in new["variants"].items():
         merged["variants"][variant]["models"].update(r["models"])

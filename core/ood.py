@@ -200,16 +200,19 @@ class OODCheck:
         return dict(zip(self.scope.names, self.scope.distances(self._features(gray)[1]), strict=True))
 
 
+def _spec_in(record: dict) -> InputSpec:
+    """The ``preprocessing`` a record names; plain Lite0 input for records written before checks v2."""
+    return InputSpec.from_card(record) if "preprocessing" in record else InputSpec()
+
+
 def guard_spec(root: Path | None = None) -> InputSpec:
-    """How the checks prepare an image for their Lite0 pass, as the guard's card says (cards before v2: plain)."""
-    card = json.loads(guard_files(root).card.read_text())
-    return InputSpec.from_card(card) if "preprocessing" in card else InputSpec()
+    """How the checks prepare an image for their Lite0 pass, as the guard's card says."""
+    return _spec_in(json.loads(guard_files(root).card.read_text()))
 
 
 def scope_spec(root: Path | None = None) -> InputSpec:
-    """The input the shipped scope check was fitted on (its record's ``preprocessing``; before v2: plain)."""
-    record = json.loads(guard_files(root).card.read_text()).get("scope") or {}
-    return InputSpec.from_card(record) if "preprocessing" in record else InputSpec()
+    """The input the shipped scope check was fitted on (its record in the guard's card)."""
+    return _spec_in(json.loads(guard_files(root).card.read_text()).get("scope") or {})
 
 
 def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components: int = 64,

@@ -23,7 +23,7 @@ import numpy as np
 from sklearn import metrics as skm
 
 from core.errors import ImageDecodeError
-from core.evaluation import choose_threshold
+from core.evaluation import choose_threshold, metrics_at
 
 __all__ = ["LabelledFile", "read_labelled_zip", "read_labelled_files", "operating_point", "predictive_values",
            "split_half_accuracy", "SiteProfile", "profile_from_json", "MAX_FILES", "MAX_TOTAL_BYTES"]
@@ -139,7 +139,7 @@ def split_half_accuracy(y, p, patients, halvings: int = 20, rule: str = "youden"
     for seed in range(halvings):
         first = np.isin(patients, np.random.default_rng(seed).permutation(names)[: len(names) // 2])
         threshold = _choose(y[first], p[first], rule, sensitivity)
-        out.append(float(np.mean((p[~first] >= threshold) == y[~first])))
+        out.append(metrics_at(y[~first], p[~first], threshold)["accuracy"])
     return out
 
 

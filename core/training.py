@@ -345,7 +345,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     if recipe.wise_ft_alpha != 1.0:
         model, wise, val_prob = wise_ft(model, _build(recipe, start.weights), recipe.wise_ft_alpha,
                                         lambda m: predict_arrays(m, data.x_va, data.spec, lungs=data.m_va), data.y_va,
-                                        recipe.init_from, start.sha256)
+                                        recipe.init_from, start.sha256, recipe.wise_ft_alpha_choice)
     else:
         val_prob = predict_arrays(model, data.x_va, data.spec, lungs=data.m_va)
     threshold = choose_threshold(data.y_va, val_prob, recipe.threshold_rule)

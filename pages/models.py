@@ -5,6 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.config import WISE_FT_ALPHA_FIXED
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -43,7 +44,7 @@ def soup_text(soup: dict) -> str:
 
 def wise_text(wise: dict) -> str:
     curve = ", ".join(f"α = {a}: {auc:.3f}" for a, auc in wise["val_roc_auc_by_alpha"].items())
-    chosen = wise.get("alpha_choice", "fixed in the recipe before training, not chosen on data")
+    chosen = wise.get("alpha_choice", WISE_FT_ALPHA_FIXED)  # cards written before the record said it
     return (f"{1 - wise['alpha']:g} × `{wise['start']}` (the start) + {wise['alpha']:g} × the fine-tuned weights, "
             f"every weight (WiSE-FT; α {chosen}). Validation ROC AUC by α: {curve}")
 

@@ -100,7 +100,8 @@ def test_recipes_are_complete():
     # v13 (docs/lungs.md, section 9): v6 on blurred, re-encoded input from the v11 transfer; two runs, WiSE-FT 0.25
     assert ft.trainable_top_layers == 41 and ft.init_from == "transfer" and ft.blur_sigma == 2.0 and ft.encoding_augment
     assert (ft.soup_seeds, ft.wise_ft_alpha) == ((42, 43), 0.25)
-    differs = ("name", "notes", "blur_sigma", "encoding_augment", "init_from", "soup_seeds", "wise_ft_alpha")
+    differs = ("name", "notes", "blur_sigma", "encoding_augment", "init_from", "soup_seeds", "wise_ft_alpha",
+               "wise_ft_alpha_choice")
     assert {k: v for k, v in ft.to_dict().items() if k not in differs} == \
         {k: v for k, v in v6.to_dict().items() if k not in differs}
     # v6 started from the transfer of before v11, kept as transfer_v1 (fed as v6 is)
@@ -274,6 +275,7 @@ def test_wise_ft_ships_the_mix_of_stage_one_and_the_fine_tuned_run(tmp_path, mon
         np.testing.assert_allclose(m, 0.75 * s + 0.25 * r, rtol=1e-5, atol=1e-7)
     wise = load_card("finetuned_v6", out).wise_ft
     assert wise["alpha"] == 0.25 and wise["start"] == "transfer_v1"
+    assert wise["alpha_choice"] == get_recipe("finetuned_v6").wise_ft_alpha_choice  # the recipe says how α was chosen
     assert wise["start_sha256"] == load_card("transfer_v1", out).weights_sha256
     assert set(wise["val_roc_auc_by_alpha"]) == {"0", "0.25", "0.5", "0.75", "1"}
     assert wise["val_roc_auc_by_alpha"]["0.25"] == pytest.approx(load_card("finetuned_v6", out).val_metrics["roc_auc"])
