@@ -1,4 +1,4 @@
-"""Fitting and measuring the scope check (:mod:`core.scope`): ``python -m core.scope_fit [--encoding-views N] [--report | --validate]``."""
+"""Fitting and measuring the scope check (:mod:`core.scope`): ``python -m core.scope_fit [--encoding-views N] [--report | --validate | --joint-cutoff]``."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from core import scope as _scope
 from core.augment import VARIANTS, served_variant
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.inference import read_upload
-from core.ood import OODCheck, feature_extractor, guard_spec, training_views
+from core.ood import OODCheck, feature_extractor, guard_spec, load_guard, training_views
 from core.ood_report import non_xray_images
 from core.preprocessing import squash
 from core.registry import guard_files, models_dir, sha256_file
-from core.scope import MAX_VARIANT_RATE, PASS_RATE, fit_scope
+from core.scope import MAX_VARIANT_RATE, PASS_RATE, fit_scope, load_scope
 
-__all__ = ["fit_and_save", "report", "validation_report"]
+__all__ = ["fit_and_save", "joint_scale", "set_joint_cutoff", "report", "validation_report"]
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,69 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encodi
     }
     card = json.loads(files.card.read_text())
     card["scope"] = record
-    files.card.write_text(json.dumps(card, indent=1) + "\n")
+    if "joint_cutoff" in card:  # chosen for the old pair: the guard gets its own cut-off back
+        guard = load_guard(root)
+        guard.cutoff = card.pop("joint_cutoff")["separate_cutoffs"]["guard"]
+        card["cutoff"] = guard.cutoff
+        guard.save(files.folder, card)
+    else:
+        files.card.write_text(json.dumps(card, indent=1) + "\n")
     log.info("Scope check saved: %d of %d statistics kept, cut-off %.3f", len(model.names), len(choice), model.cutoff)
+    return record
+
+
+def joint_scale(guard_scores, guard_cutoff: float, scope_scores, scope_cutoff: float,
+                pass_rate: float = PASS_RATE) -> float:
+    """The one factor *c* by which both cut-offs are multiplied so that ``pass_rate`` of the images pass the two checks
+    together: the ``pass_rate`` quantile of max(guard score / guard cut-off, scope score / scope cut-off)."""
+    ratio = np.maximum(np.asarray(guard_scores, np.float64) / guard_cutoff,
+                       np.asarray(scope_scores, np.float64) / scope_cutoff)
+    return float(np.quantile(ratio, pass_rate))
+
+
+def set_joint_cutoff(data_dir=None, root: Path | None = None, seed: int = 42) -> dict:
+    """Give the guard and the scope check under ``root`` one joint cut-off (checks v3, docs/scope.md): both separate
+    cut-offs multiplied by :func:`joint_scale` over the validation images (held out by patient, ``seed``) as copies and
+    as each served variant, so that 99.5 % of those pooled sets pass both checks. Rewrites ``guard.npz``,
+    ``scope.npz`` and their card (new cut-offs, sha256s, and a ``joint_cutoff`` record with the separate cut-offs).
+    Run again, it starts from the separate cut-offs in that record, so it gives the same result. Returns the record.
+
+    Raises:
+        FileNotFoundError: No guard or no scope check under ``root``.
+    """
+    root = root or models_dir()
+    files = guard_files(root)
+    guard, scope = load_guard(root), load_scope(root)
+    if guard is None or scope is None:
+        raise FileNotFoundError(f"A joint cut-off needs both checks under {files.folder} (python -m core.ood, then "
+                                "python -m core.scope_fit).")
+    card = json.loads(files.card.read_text())
+    separate = card.get("joint_cutoff", {}).get("separate_cutoffs") or {"guard": guard.cutoff, "scope": scope.cutoff}
+    check = OODCheck(root)
+    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
+    gray = load_images(val)
+    found = []
+    for variant in ("copies", *VARIANTS):
+        images = gray if variant == "copies" else np.stack([served_variant(g, variant) for g in gray])
+        found += [r for i in range(0, len(images), 64) for r in check(images[i : i + 64])]
+    scale = joint_scale([r.score for r in found], separate["guard"], [r.scope_score for r in found], separate["scope"])
+    guard.cutoff, scope.cutoff = scale * separate["guard"], scale * separate["scope"]
+    scope.save(files.folder / "scope.npz")
+    record = {
+        "rule": f"both cut-offs times one factor: the {PASS_RATE:.1%} quantile, over the validation images as copies "
+                f"and as each served variant ({', '.join(VARIANTS)}), of max(guard score / guard cut-off, scope score / "
+                "scope cut-off), so that that share of them passes both checks (checks v3, docs/scope.md)",
+        "scale": scale,
+        "separate_cutoffs": separate,
+        "cutoffs": {"guard": guard.cutoff, "scope": scope.cutoff},
+        "validation_scores": len(found),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    card["cutoff"] = guard.cutoff
+    card["scope"] = {**card["scope"], "cutoff": scope.cutoff, "weights_sha256": sha256_file(files.folder / "scope.npz")}
+    card["joint_cutoff"] = record
+    guard.save(files.folder, card)
+    log.info("Joint cut-off: factor %.4f; guard %.3f, scope %.3f", scale, guard.cutoff, scope.cutoff)
     return record
 
 
@@ -113,9 +174,10 @@ def report(data_dir=None, root: Path | None = None) -> dict:
 
 
 def main(argv=None) -> int:
-    """``python -m core.scope_fit [--data-dir D] [--encoding-views N] [--out DIR] [--report | --validate]``: fit the scope
-    check and ship it beside the guard; with ``--report``, measure the shipped guard and scope check instead (writes
-    ``models/ood/scope_report.json``); with ``--validate``, measure them on validation images only."""
+    """``python -m core.scope_fit [--data-dir D] [--encoding-views N] [--out DIR] [--report | --validate | --joint-cutoff]``:
+    fit the scope check and ship it beside the guard; with ``--report``, measure the shipped guard and scope check
+    instead (writes ``models/ood/scope_report.json``); with ``--validate``, measure them on validation images only;
+    with ``--joint-cutoff``, give the two checks one cut-off chosen on validation images (checks v3)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m core.scope_fit", description=main.__doc__)
@@ -125,6 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--validate", action="store_true",
                         help="measure the checks under --out on the validation images and non-X-rays (no test images; "
                              "writes validation_report.json beside them)")
+    parser.add_argument("--joint-cutoff", action="store_true",
+                        help="scale both checks' cut-offs by one factor so that 99.5 %% of the validation images and "
+                             "their served variants pass both (checks v3); fits nothing")
     parser.add_argument("--encoding-views", type=int, default=0, metavar="N",
                         help="fit on each training image and N re-encoded views of it (checks v2: 3)")
     args = parser.parse_args(argv)
@@ -137,6 +202,12 @@ def main(argv=None) -> int:
                   f"either {r['either']:.1%}")
         print(f"non-X-ray images refused: {result['non_xray_refused']:.1%} of {result['non_xray_images']} "
               f"(by the guard alone {result['non_xray_refused_by_guard']:.1%})")
+        return 0
+    if args.joint_cutoff:
+        record = set_joint_cutoff(args.data_dir, args.out)
+        print(f"joint cut-off factor {record['scale']:.4f}: guard {record['cutoffs']['guard']:.3f}, "
+              f"scope {record['cutoffs']['scope']:.3f} (separate: {record['separate_cutoffs']['guard']:.3f}, "
+              f"{record['separate_cutoffs']['scope']:.3f})")
         return 0
     if args.report:
         result = report(args.data_dir, args.out)

@@ -204,3 +204,29 @@ def test_checks_v2_fit_on_blurred_views_and_serve_what_they_were_fitted_on(tmp_p
     result = json.loads((tmp_path / "ood" / "validation_report.json").read_text())
     assert set(result["validation"]) == {"copies", "jpeg_q50", "jpeg_q95", "up4_png", "up4_jpeg_q90"}
     assert result["non_xray_images"] == 25 and 0 <= result["non_xray_refused_by_guard"] <= result["non_xray_refused"] <= 1
+    # --joint-cutoff (checks v3): both cut-offs times one factor, recorded; run again, the same; a scope refit undoes it
+    separate = card["cutoff"], card["scope"]["cutoff"]
+    assert scope_fit.main(["--data-dir", str(data), "--joint-cutoff", "--out", str(tmp_path)]) == 0
+    joint = json.loads((tmp_path / "ood" / "card.json").read_text())
+    record = joint["joint_cutoff"]
+    assert record["separate_cutoffs"] == {"guard": separate[0], "scope": separate[1]}
+    assert joint["cutoff"] == pytest.approx(record["scale"] * separate[0])
+    assert joint["scope"]["cutoff"] == pytest.approx(record["scale"] * separate[1])
+    check = ood.OODCheck(tmp_path)  # the rewritten files match their card's sha256
+    assert (check.guard.cutoff, check.scope.cutoff) == (joint["cutoff"], joint["scope"]["cutoff"])
+    assert scope_fit.main(["--data-dir", str(data), "--joint-cutoff", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "ood" / "card.json").read_text())["joint_cutoff"]["scale"] == pytest.approx(record["scale"])
+    assert scope_fit.main(["--data-dir", str(data), "--encoding-views", "1", "--out", str(tmp_path)]) == 0
+    refit = json.loads((tmp_path / "ood" / "card.json").read_text())
+    assert "joint_cutoff" not in refit and refit["cutoff"] == separate[0] and ood.load_guard(tmp_path).cutoff == separate[0]
+
+
+def test_joint_scale_lets_the_pass_rate_through_both_checks():
+    from core.scope_fit import joint_scale
+
+    rng = np.random.default_rng(0)
+    guard, scope = rng.gamma(4.0, size=4000), rng.gamma(6.0, size=4000)
+    g_cut, s_cut = np.quantile(guard, 0.995), np.quantile(scope, 0.995)
+    assert np.mean((guard > g_cut) | (scope > s_cut)) > 0.008  # two separate 99.5 % cut-offs withhold about 1 %
+    c = joint_scale(guard, g_cut, scope, s_cut)
+    assert c > 1 and np.mean((guard > c * g_cut) | (scope > c * s_cut)) == pytest.approx(0.005, abs=0.0005)
