@@ -49,7 +49,7 @@ RECOMMENDATION_RULE = (
 )
 """Which model Diagnose leads with, written into every card (``recommendation``)."""
 
-_OPTIONAL = ("soup", "wise_ft", "calibration", "gradcam_method")  # written only when the model has them
+_OPTIONAL = ("soup", "wise_ft", "consistency", "calibration", "gradcam_method")  # written only when the model has them
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class ModelCard:
     initialised_from: dict[str, Any] | None = None
     soup: dict[str, Any] | None = None
     wise_ft: dict[str, Any] | None = None
+    consistency: dict[str, Any] | None = None  # v14: the head's encoding-consistency penalty and its choice
     best_epoch: int | list[int] | None = None
     epochs_run: int | None = None
     weights_file: str = "model.keras"
@@ -137,7 +138,7 @@ class ModelCard:
 _ORDER = (
     "name", "kind", "backbone", "input_shape", "preprocessing", "labels", "output", "threshold", "threshold_rule",
     "gradcam_layer", "gradcam_method", "parameters", "trainable_parameters_in_training", "config", "initialised_from", "seed", "soup",
-    "wise_ft", "data", "best_epoch", "epochs_run", "val_metrics", "calibration", "weights_file", "weights_sha256", "date",
+    "wise_ft", "consistency", "data", "best_epoch", "epochs_run", "val_metrics", "calibration", "weights_file", "weights_sha256", "date",
     "hardware", "training_time_s", "intended_use", "limitations", "recommendation",
 )
 
@@ -153,7 +154,7 @@ def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: in
                   threshold: float, val_metrics: dict, data: dict, history_len: int, best_epoch,
                   weights_sha256: str, hardware: str, training_time_s: float, init_sha: str | None = None,
                   soup: dict | None = None, wise_ft: dict | None = None, calibration: dict | None = None,
-                  gradcam_method: str | None = None) -> ModelCard:
+                  gradcam_method: str | None = None, consistency: dict | None = None) -> ModelCard:
     """The card of a model a :class:`core.config.Recipe` just produced.
 
     Args:
@@ -175,6 +176,7 @@ def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: in
         soup: The weight-average record, if any.
         wise_ft: The WiSE-FT record, if any.
         calibration: The temperature-scaling record (:func:`core.calibration.calibration_record`), if any.
+        consistency: The head's encoding-consistency record (penalty grid, validation AUCs, the chosen one), if any.
     """
     return ModelCard(
         name=recipe.name,
@@ -193,6 +195,7 @@ def assemble_card(*, recipe, spec: InputSpec, gradcam_layer: str, parameters: in
         seed=recipe.seed,
         soup=soup,
         wise_ft=wise_ft,
+        consistency=consistency,
         data=data,
         best_epoch=best_epoch,
         epochs_run=history_len,

@@ -53,6 +53,10 @@ class Recipe:
     # weights; 1.0 ships the fine-tuned weights as they are. Needs ``init_from``.
     wise_ft_alpha: float = 1.0
     wise_ft_alpha_choice: str = WISE_FT_ALPHA_FIXED  # how the alpha was chosen, as the card's wise_ft record says
+    # frozen-backbone heads only (v14, docs/lungs.md §10): add lambda * w'Σw to the head's loss, Σ the mean outer
+    # product of the pooled-feature differences between each training image and its re-encoded views; one head is
+    # trained per lambda and the largest whose validation ROC AUC is within 0.002 of lambda 0's is kept
+    consistency_grid: tuple[float, ...] = ()
     threshold_rule: str = "youden"  # maximise sensitivity + specificity - 1 on validation
     notes: list[str] = field(default_factory=list)
 
@@ -60,6 +64,9 @@ class Recipe:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
         d["soup_seeds"] = list(self.soup_seeds)
+        d["consistency_grid"] = list(self.consistency_grid)
+        if not self.consistency_grid:  # runs and cached features from before v14 keep their settings
+            del d["consistency_grid"]
         return d
 
     def with_overrides(self, **changes) -> Recipe:

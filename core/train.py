@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--init-from NAME] [--out DIR] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--init-from NAME] [--consistency-grid L,L,…] [--out DIR] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from core.config import RECIPES, get_recipe
-from core.training import train
+from core.training import FROZEN_KINDS, train
 
 __all__ = ["main"]
 
@@ -34,6 +34,16 @@ def _alpha(text: str) -> float:
     return alpha
 
 
+def _grid(text: str) -> tuple[float, ...]:
+    try:
+        grid = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if any(not g >= 0 for g in grid) or 0.0 not in grid or len(set(grid)) != len(grid):
+        raise argparse.ArgumentTypeError(f"expected distinct numbers >= 0 including 0 (the reference), got {text!r}")
+    return grid
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m core.train", description=__doc__)
     parser.add_argument("recipe", choices=list(RECIPES))
@@ -56,6 +66,10 @@ def main(argv=None) -> int:
     parser.add_argument("--init-from", metavar="NAME",
                         help="start a two-stage recipe from the model NAME (in --out's folder) instead of the "
                              "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer')")
+    parser.add_argument("--consistency-grid", type=_grid, metavar="L,L,…",
+                        help="frozen-backbone heads: train one head per penalty weight L on the logit's change under "
+                             "re-encoding and keep the largest L whose validation ROC AUC is within 0.002 of L 0's "
+                             "(recipe v14)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write the model folder under DIR instead of models/ (a candidate); a two-stage recipe "
                              "then starts from DIR's stage-1 model")
@@ -66,7 +80,9 @@ def main(argv=None) -> int:
     recipe = get_recipe(args.recipe).with_overrides(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
-        blur_sigma=args.blur_sigma, init_from=args.init_from)
+        blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid)
+    if args.consistency_grid and recipe.kind not in FROZEN_KINDS:
+        parser.error(f"'{args.recipe}' trains its backbone; --consistency-grid applies to frozen-backbone heads")
     if args.init_from and not get_recipe(args.recipe).init_from:
         parser.error(f"'{args.recipe}' is trained in one stage; --init-from applies to two-stage recipes")
     folder = train(recipe, args.data_dir, out_root=args.out, fresh=args.fresh)

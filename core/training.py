@@ -198,7 +198,8 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
     ``encoding_augment``, the head trains on the features of each image and of
     :data:`ENCODED_VIEWS` re-encoded views of it."""
     cached = run_dir / "features.npz"
-    key = np.array(json.dumps(settings(recipe), sort_keys=True))  # features belong to one split and input
+    # features belong to one split and input; the head's consistency grid does not change them
+    key = np.array(json.dumps({k: v for k, v in settings(recipe).items() if k != "consistency_grid"}, sort_keys=True))
     f_tr = f_va = None
     if cached.exists():
         with np.load(cached) as f:
@@ -214,24 +215,83 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
         f_va = _outputs(features, data.x_va, data.spec, lungs=data.m_va).astype(np.float32)
         np.savez(run_dir / "features.tmp.npz", train=f_tr, val=f_va, key=key)
         (run_dir / "features.tmp.npz").replace(cached)
-    head_in = keras.Input(f_tr.shape[1:])
-    h = keras.layers.Dropout(recipe.dropout)(head_in)
-    logit = keras.layers.Dense(1)
-    out = keras.layers.Activation("sigmoid")(logit(h))
-    head = keras.Model(head_in, out)
-    _compile(head, recipe)
     y_tr = np.tile(np.asarray(data.y_tr, int), len(f_tr) // len(data.y_tr))  # one label per view
     weights = class_weights(data.y_tr)[y_tr] if recipe.class_weights else None
+    grid = tuple(recipe.consistency_grid) or (0.0,)
+    moment = encoding_moment(f_tr, len(data.y_tr)) if any(grid) else None
+    heads = []
+    for lam in grid:
+        keras.utils.set_random_seed(recipe.seed)  # every head of the grid from the same start
+        logit, hist = _train_head(recipe, f_tr, y_tr, weights, f_va, data.y_va, moment, lam)
+        val_prob = 1 / (1 + np.exp(-(f_va @ logit.get_weights()[0][:, 0] + logit.get_weights()[1][0])))
+        heads.append((lam, logit.get_weights(), hist, float(roc_auc_score(data.y_va, val_prob))))
+    chosen = choose_consistency([(lam, auc) for lam, _, _, auc in heads])
+    _, head_weights, hist, _ = next(h for h in heads if h[0] == chosen)
+    if recipe.consistency_grid:
+        state["consistency"] = {
+            "penalty": "lambda * w'Σw added to the head's loss; Σ: mean outer product of the pooled-feature "
+                       "differences between each training image and each of its re-encoded views (the mean squared "
+                       "change of the logit under re-encoding)",
+            "rule": f"the largest lambda whose validation ROC AUC is at least lambda 0's minus {CONSISTENCY_AUC_SLACK}",
+            "grid": [{"lambda": lam_, "val_roc_auc": auc, "mean_sq_logit_change_on_training_views":
+                      float(w[0][:, 0] @ moment @ w[0][:, 0])} for lam_, w, _, auc in heads],
+            "lambda": chosen,
+        }
+    state["history"] = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.items()}}
+                        for i in range(len(hist["loss"]))]
+    state["best_epoch"] = int(np.argmin(hist["val_loss"])) + 1
+    model.get_layer("logit").set_weights(head_weights)
+    return model
+
+
+CONSISTENCY_AUC_SLACK = 0.002
+
+
+def choose_consistency(results: list[tuple[float, float]]) -> float:
+    """Of ``(lambda, validation ROC AUC)`` pairs, the largest lambda whose AUC is at least lambda 0's (or the smallest
+    lambda's) minus :data:`CONSISTENCY_AUC_SLACK`."""
+    ref = min(results)[1]
+    return max(lam for lam, auc in results if auc >= ref - CONSISTENCY_AUC_SLACK)
+
+
+def encoding_moment(features: np.ndarray, n_images: int) -> np.ndarray:
+    """Σ = mean of d dᵀ over every pair (image, one of its re-encoded views), d their pooled-feature difference;
+    ``features`` holds the images' rows first, then each view's rows in the same order."""
+    f = np.asarray(features, np.float64)
+    base = f[:n_images]
+    diffs = np.concatenate([f[k : k + n_images] - base for k in range(n_images, len(f), n_images)])
+    return (diffs.T @ diffs / len(diffs)).astype(np.float32)
+
+
+def _train_head(recipe: Recipe, f_tr, y_tr, weights, f_va, y_va, moment, lam: float):
+    """Dropout + one dense unit on features; with ``lam`` > 0 the loss adds ``lam * w'(moment)w``."""
+    head_in = keras.Input(f_tr.shape[1:])
+    h = keras.layers.Dropout(recipe.dropout)(head_in)
+    regulariser = QuadraticPenalty(moment, lam) if lam else None
+    logit = keras.layers.Dense(1, kernel_regularizer=regulariser)
+    head = keras.Model(head_in, keras.layers.Activation("sigmoid")(logit(h)))
+    _compile(head, recipe)
     best = keras.callbacks.EarlyStopping("val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True)
     lr = keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor, patience=recipe.reduce_lr_patience)
     hist = head.fit(f_tr, y_tr.astype(np.float32), sample_weight=weights,
-                    validation_data=(f_va, np.asarray(data.y_va, np.float32)),
+                    validation_data=(f_va, np.asarray(y_va, np.float32)),
                     epochs=recipe.epochs, batch_size=recipe.batch_size, callbacks=[best, lr], verbose=2)
-    state["history"] = [{"epoch": i + 1, **{k: float(v[i]) for k, v in hist.history.items()}}
-                        for i in range(len(hist.history["loss"]))]
-    state["best_epoch"] = int(np.argmin(hist.history["val_loss"])) + 1
-    model.get_layer("logit").set_weights(logit.get_weights())
-    return model
+    return logit, hist.history
+
+
+class QuadraticPenalty(keras.regularizers.Regularizer):
+    """``weight * w' M w`` for a kernel ``w`` of shape ``(D, 1)``: with M the moment of the feature changes under
+    re-encoding, the mean squared change of the logit (v14, docs/lungs.md §10)."""
+
+    def __init__(self, matrix, weight: float):
+        self.matrix = np.asarray(matrix, np.float32)
+        self.weight = float(weight)
+
+    def __call__(self, w):
+        return self.weight * keras.ops.sum(w * keras.ops.matmul(keras.ops.convert_to_tensor(self.matrix), w))
+
+    def get_config(self):
+        return {"matrix": self.matrix.tolist(), "weight": self.weight}
 
 
 def _train_run(member: Recipe, folder: Path, data: _Data, start: _Start) -> tuple[keras.Model, dict, float]:
@@ -323,7 +383,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     data = _load_data(recipe, find_data_dir(data_dir))
     start = _stage_one(recipe, data.spec, out_root)
 
-    soup = None
+    soup = consistency = None
     if recipe.soup_seeds:
         runs = []
         for seed in recipe.soup_seeds:
@@ -340,6 +400,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     else:
         model, state, spent_now = _train_run(recipe, run_dir, data, start)
         history, best_epoch, fitted = state["history"], state.get("best_epoch"), state["elapsed_s"]
+        consistency = state.get("consistency")
 
     wise = None
     if recipe.wise_ft_alpha != 1.0:
@@ -365,6 +426,7 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
         # every run's fitting (earlier calls included), plus this call's loading and scoring
         training_time_s=fitted + (time.time() - started - spent_now),
         init_sha=start.sha256, soup=soup, wise_ft=wise, calibration=calibration_record(data.y_va, val_prob),
+        consistency=consistency,
     )
     write_card(files.folder, card)
     log.info("Wrote %s (val AUC %.4f, threshold %.4f)", files.folder, card.val_metrics["roc_auc"], threshold)

@@ -61,13 +61,14 @@ def _adult_readings(check, data_dir):
                     strict=True))
 
 
-def test_an_adult_film_is_withheld(check, data_dir):
-    found = _adult_readings(check, data_dir)
-    assert found["adult_1.png"].flagged and found["adult_1.png"].warning
+def test_an_adult_film_is_withheld_as_not_a_young_childs(check, data_dir):
+    found = _adult_readings(check, data_dir)["adult_2.png"]
+    assert found.out_of_scope and found.reason == "not a young child's film (an adult's?)"
+    assert "children aged one to five" in found.warning
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 part 6 not met: adult_2.png passes both checks (guard 1.92 < 1.99, "
-                                       "scope 2.33 < 2.35; docs/scope.md)")
+@pytest.mark.xfail(strict=True, reason="issue 14 part 6 not met: since checks v3 adult_1.png passes both checks (guard "
+                                       "1.59 < 2.27, scope 2.47 < 3.07; docs/scope.md)")
 def test_every_adult_film_is_withheld(check, data_dir):
     assert all(r.flagged for r in _adult_readings(check, data_dir).values())
 
@@ -230,3 +231,17 @@ def test_joint_scale_lets_the_pass_rate_through_both_checks():
     assert np.mean((guard > g_cut) | (scope > s_cut)) > 0.008  # two separate 99.5 % cut-offs withhold about 1 %
     c = joint_scale(guard, g_cut, scope, s_cut)
     assert c > 1 and np.mean((guard > c * g_cut) | (scope > c * s_cut)) == pytest.approx(0.005, abs=0.0005)
+
+
+def test_the_checks_table_counts_both_checks_and_names_what_only_the_scope_check_refuses():
+    from core.ood_report import guard_table
+
+    result = {"cutoff": 2.0, "scope_cutoff": 3.0, "test_xrays": 4, "test_xrays_passing": 0.75,
+              "test_xrays_passing_guard": 1.0, "non_xray_images": 3, "non_xray_refused": 2 / 3,
+              "non_xray_refused_by_guard": 1 / 3, "non_xray_scores": {"photo:a": 1.5, "noise:b": 9.0, "photo:c": 1.0},
+              "non_xray_scope_scores": {"photo:a": 10.0, "noise:b": 1.0, "photo:c": 2.0},
+              "lowest_non_xray_score": 1.0, "highest_test_xray_score": 1.9}
+    table = guard_table(result)
+    assert "| 75.0 % (3 of 4) | 100.0 % (4 of 4) |" in table and "| 67 % (2 of 3) | 33 % (1 of 3) |" in table
+    assert "refused by the scope check (cut-off 3.00): `photo:a` (guard 1.50, scope 10.00)." in table
+    assert "passed by both checks (cut-off 3.00): `photo:c`" in table

@@ -401,3 +401,51 @@ def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hiresca
     expected = model.keras_model.predict(to_model_input(gray, card.spec), verbose=0)[:, 0]
     shown = [d.probability for d in model.diagnose_gray(gray, batch_size=2)]
     assert shown == pytest.approx(apply_temperature(expected, card.temperature), abs=1e-5)
+
+
+def test_the_encoding_moment_gives_the_mean_squared_logit_change_under_re_encoding():
+    """v14: w'Σw is the mean square of w·(f_view − f_image) over every (image, view) pair, and the penalty is that
+    times its weight."""
+    import keras
+
+    from core.training import QuadraticPenalty, encoding_moment
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(10, 6))
+    feats = np.concatenate([base, base + rng.normal(scale=0.1, size=base.shape), base + 0.3])  # two views
+    w = rng.normal(size=(6, 1))
+    changes = np.concatenate([(feats[10:20] - base) @ w, (feats[20:] - base) @ w])
+    moment = encoding_moment(feats, 10)
+    assert float(w[:, 0] @ moment @ w[:, 0]) == pytest.approx(float(np.mean(changes**2)), rel=1e-5)
+    penalty = QuadraticPenalty(moment, 3.0)(keras.ops.convert_to_tensor(w.astype(np.float32)))
+    assert float(keras.ops.convert_to_numpy(penalty)) == pytest.approx(3 * float(np.mean(changes**2)), rel=1e-4)
+
+
+def test_the_consistency_choice_keeps_the_largest_penalty_within_the_auc_slack():
+    from core.training import choose_consistency
+
+    assert choose_consistency([(0.0, 0.990), (1.0, 0.991), (10.0, 0.9885), (100.0, 0.980)]) == 10.0
+    assert choose_consistency([(0.0, 0.990), (1.0, 0.9870)]) == 0.0
+
+
+def test_a_consistency_grid_trains_a_head_per_penalty_and_records_the_choice(tmp_path, monkeypatch):
+    """`python -m core.train transfer --consistency-grid 0,10`: one head per weight on the same cached features,
+    the choice and every weight's validation AUC in the card; the penalty shrinks the logit's change."""
+    from core import train as train_cli
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
+    monkeypatch.setattr(train_cli, "get_recipe", lambda name: get_recipe(name).with_overrides(
+        epochs=2, batch_size=8, val_fraction=0.25, encoding_augment=True))
+    assert train_cli.main(["transfer", "--consistency-grid", "0,1000", "--data-dir", str(data),
+                           "--out", str(tmp_path / "models")]) == 0
+    card = load_card("transfer", tmp_path / "models")
+    grid = card.consistency["grid"]
+    assert [g["lambda"] for g in grid] == [0.0, 1000.0] and card.config["consistency_grid"] == [0.0, 1000.0]
+    assert card.consistency["lambda"] in (0.0, 1000.0)
+    changes = [g["mean_sq_logit_change_on_training_views"] for g in grid]
+    assert changes[1] < changes[0]
+    with pytest.raises(SystemExit):
+        train_cli.main(["finetuned", "--consistency-grid", "0,1", "--data-dir", str(data)])
+    with pytest.raises(SystemExit):  # the grid needs its reference, 0
+        train_cli.main(["transfer", "--consistency-grid", "1,10", "--data-dir", str(data)])
