@@ -222,6 +222,27 @@ RECIPES["lungfocus_ft"] = replace(
            "re-encoded at random; one run (seed 42), then mixed half and half with 'lungfocus' (WiSE-FT).",
            LUNG_POOL_NOTE, BLUR_NOTE, EQUALIZE_NOTE, ENCODING_NOTE])
 
+# v14 (docs/lungs.md, section 10): 'transfer' with a penalty on its logit's change under re-encoding. The v11
+# 'transfer' stays as 'transfer_v11', the stage 1 that 'finetuned' (v13) started from and is mixed with.
+RECIPES["transfer_v11"] = replace(
+    RECIPES["transfer"], name="transfer_v11",
+    notes=[*RECIPES["transfer"].notes, "The 'transfer' recipe before v14 (docs/lungs.md, section 10), kept as the stage 1 "
+           "of 'finetuned'; train it with --out DIR, then 'finetuned' with the same --out."])
+RECIPES["transfer"] = replace(
+    RECIPES["transfer"], consistency_grid=(0.0, 1.0, 3.0, 10.0, 30.0, 100.0),
+    notes=[*RECIPES["transfer"].notes,
+           "v14 (docs/lungs.md, section 10): the head's loss adds lambda x the mean squared change of its logit between "
+           "each training image and its re-encoded views (lambda x w'Σw); one head per lambda of 0, 1, 3, 10, 30, 100, "
+           "keeping the largest whose validation ROC AUC is within 0.002 of lambda 0's (the card's 'consistency')."])
+RECIPES["finetuned"] = replace(
+    RECIPES["finetuned"], init_from="transfer_v11",
+    notes=[n.replace("the trained 'transfer' model (head on the frozen backbone)",
+                     "the trained 'transfer_v11' model (the v11 'transfer', a head on the frozen backbone)")
+            .replace("starting from the v11 'transfer'", "starting from the v11 'transfer' (recipe 'transfer_v11'; "
+                     "'transfer' ships v14 since section 10)")
+            .replace("mixed with the 'transfer' weights", "mixed with the 'transfer_v11' weights")
+           for n in RECIPES["finetuned"].notes])
+
 
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""

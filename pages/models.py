@@ -49,6 +49,11 @@ def wise_text(wise: dict) -> str:
             f"every weight (WiSE-FT; α {chosen}). Validation ROC AUC by α: {curve}")
 
 
+def consistency_text(record: dict) -> str:
+    grid = ", ".join(f"λ = {g['lambda']:g}: {g['val_roc_auc']:.4f}" for g in record["grid"])
+    return (f"{record['penalty']}; λ = {record['lambda']:g}, {record['rule']}. Validation ROC AUC by λ: {grid}")
+
+
 def augmentation_text(cfg: dict) -> str:
     if not cfg["augment"]:
         return "off"
@@ -84,6 +89,7 @@ for tab, name in zip(st.tabs(names), names, strict=False):
     cfg, data = card.config, card.data
     mix_rows = f"| Weight average | {soup_text(card.soup)} |\n" if card.soup else ""
     mix_rows += f"| Mixed with its start | {wise_text(card.wise_ft)} |\n" if card.wise_ft else ""
+    mix_rows += f"| Same answer under re-encoding | {consistency_text(card.consistency)} |\n" if card.consistency else ""
     with tab:
         left, right = st.columns([3, 2])
         with left:

@@ -47,6 +47,10 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
             assert f"{1 - wise['alpha']:g} × `{wise['start']}`" in table, name
             # how α was chosen is the card's word (v13: by validation ROC AUC), never a claim the page makes for all
             assert wise.get("alpha_choice", "fixed in the recipe before training") in table, name
+        # v14: the penalty on the answer's change under re-encoding, its lambda and the grid it was chosen from
+        assert ("| Same answer under re-encoding |" in table) == bool(card.consistency), name
+        if card.consistency:
+            assert f"λ = {card.consistency['lambda']:g}, the largest lambda" in table, name
 
 
 def _assert_diagnosed(at, n_models):

@@ -103,6 +103,7 @@ def test_cards_record_the_recipes_that_reproduce_them(shipped_models):
         config = {**load_card(name).config}
         config["input_size"] = tuple(config["input_size"])
         config["soup_seeds"] = tuple(config.get("soup_seeds", ()))
+        config["consistency_grid"] = tuple(config.get("consistency_grid", ()))
         assert Recipe(**config) == get_recipe(name), name
 
 

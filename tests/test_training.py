@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,20 +75,26 @@ def test_recipes_are_complete():
     assert tr.blur_sigma == 2.0 and tr.encoding_augment and tr.equalize and not tr.trainable_top_layers
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
-    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "finetuned", "finetuned_v6", "lungfocus_v8_head",
-                            "lungfocus_v8", "lungfocus", "lungfocus_ft"}
+    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "finetuned", "finetuned_v6",
+                            "lungfocus_v8_head", "lungfocus_v8", "lungfocus", "lungfocus_ft"}
+    # v14 (docs/lungs.md, section 10): 'transfer' gains the consistency grid; 'finetuned' still starts from v11's
+    assert tr.consistency_grid == (0.0, 1.0, 3.0, 10.0, 30.0, 100.0) and 0.0 in tr.consistency_grid
+    assert ft.init_from == "transfer_v11" and replace(tr, name="transfer_v11", consistency_grid=(),
+                                                      notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
+    assert not RECIPES["lungfocus"].consistency_grid
     # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
     v10 = RECIPES["lungfocus_ft"]
     assert v10.kind == "lungpool" and v10.init_from == "lungfocus" and v10.blur_sigma == 2.0 and v10.soup_seeds == (42,)
     changed = ("name", "kind", "notes", "blur_sigma", "encoding_augment", "init_from", "central_erasing", "soup_seeds")
     assert {k: v for k, v in v10.to_dict().items() if k not in changed} == \
         {k: v for k, v in RECIPES["finetuned_v6"].to_dict().items() if k not in changed}
-    # v9 (docs/lungs.md, section 5): the transfer recipe, pooled over the lungs, blurred input, re-encoded views
+    # v9 (docs/lungs.md, section 5): the transfer recipe of its day (v11's), pooled over the lungs, blurred input,
+    # re-encoded views
     v9 = RECIPES["lungfocus"]
     assert v9.kind == "lungpool" and v9.blur_sigma == 2.0 and v9.encoding_augment and v9.equalize
     differs = ("name", "kind", "notes", "blur_sigma", "encoding_augment")
     assert {k: v for k, v in v9.to_dict().items() if k not in differs} == \
-        {k: v for k, v in RECIPES["transfer"].to_dict().items() if k not in differs}
+        {k: v for k, v in RECIPES["transfer_v11"].to_dict().items() if k not in differs}
     lf = RECIPES["lungfocus_v8"]
     assert lf.init_from == "lungfocus_v8_head" and RECIPES["lungfocus_v8_head"].lung_margin == lf.lung_margin == 7
     assert lf.encoding_augment and lf.lung_margin_jitter == 4
@@ -98,7 +105,7 @@ def test_recipes_are_complete():
     assert same(lf) == same(v6)
     assert (ft.learning_rate, ft.label_smoothing, ft.dropout, ft.class_weights) == (1e-4, 0.1, 0.5, True)
     # v13 (docs/lungs.md, section 9): v6 on blurred, re-encoded input from the v11 transfer; two runs, WiSE-FT 0.25
-    assert ft.trainable_top_layers == 41 and ft.init_from == "transfer" and ft.blur_sigma == 2.0 and ft.encoding_augment
+    assert ft.trainable_top_layers == 41 and ft.init_from == "transfer_v11" and ft.blur_sigma == 2.0 and ft.encoding_augment
     assert (ft.soup_seeds, ft.wise_ft_alpha) == ((42, 43), 0.25)
     differs = ("name", "notes", "blur_sigma", "encoding_augment", "init_from", "soup_seeds", "wise_ft_alpha",
                "wise_ft_alpha_choice")
@@ -122,15 +129,15 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=16)
     out = tmp_path / "models"
-    train(get_recipe("transfer").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
-    transfer_card = load_card("transfer", out)
+    train(get_recipe("transfer_v11").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    transfer_card = load_card("transfer_v11", out)
     assert transfer_card.trainable_parameters_in_training == 1281  # the head only
-    # one stage-2 run, not the recipe's four-seed soup (soups have their own test below)
+    # one stage-2 run, not the recipe's two-seed soup (soups have their own test below)
     train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=()), data,
           out_root=out)
     card = load_card("finetuned", out)
-    assert card.initialised_from == {"model": "transfer", "sha256": transfer_card.weights_sha256}
-    before, after = load_keras_model("transfer", out), load_keras_model("finetuned", out)
+    assert card.initialised_from == {"model": "transfer_v11", "sha256": transfer_card.weights_sha256}
+    before, after = load_keras_model("transfer_v11", out), load_keras_model("finetuned", out)
     changed = lambda layer: not np.allclose(before.get_layer(layer).get_weights()[0],  # noqa: E731
                                             after.get_layer(layer).get_weights()[0])
     assert changed("top_conv") and changed("logit")
