@@ -221,7 +221,8 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
     moment = encoding_moment(f_tr, len(data.y_tr)) if any(grid) else None
     heads = []
     for lam in grid:
-        keras.utils.set_random_seed(recipe.seed)  # every head of the grid from the same start
+        if recipe.consistency_grid:  # every head of the grid from the same start (a recipe without one: as before)
+            keras.utils.set_random_seed(recipe.seed)
         logit, hist = _train_head(recipe, f_tr, y_tr, weights, f_va, data.y_va, moment, lam)
         val_prob = 1 / (1 + np.exp(-(f_va @ logit.get_weights()[0][:, 0] + logit.get_weights()[1][0])))
         heads.append((lam, logit.get_weights(), hist, float(roc_auc_score(data.y_va, val_prob))))
