@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--init-from NAME] [--consistency-grid L,L,…] [--out DIR] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--init-from NAME] [--consistency-grid L,L,…|none] [--out DIR] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def _alpha(text: str) -> float:
 
 
 def _grid(text: str) -> tuple[float, ...]:
+    if text.strip().lower() == "none":
+        return ()
     try:
         grid = tuple(float(t) for t in text.split(","))
     except ValueError:
@@ -66,10 +68,10 @@ def main(argv=None) -> int:
     parser.add_argument("--init-from", metavar="NAME",
                         help="start a two-stage recipe from the model NAME (in --out's folder) instead of the "
                              "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer')")
-    parser.add_argument("--consistency-grid", type=_grid, metavar="L,L,…",
+    parser.add_argument("--consistency-grid", type=_grid, metavar="L,L,…|none",
                         help="frozen-backbone heads: train one head per penalty weight L on the logit's change under "
                              "re-encoding and keep the largest L whose validation ROC AUC is within 0.002 of L 0's "
-                             "(recipe v14)")
+                             "(recipe v14); 'none' trains one head without the penalty")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write the model folder under DIR instead of models/ (a candidate); a two-stage recipe "
                              "then starts from DIR's stage-1 model")
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
         blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid)
-    if args.consistency_grid and recipe.kind not in FROZEN_KINDS:
+    if args.consistency_grid and get_recipe(args.recipe).kind not in FROZEN_KINDS:
         parser.error(f"'{args.recipe}' trains its backbone; --consistency-grid applies to frozen-backbone heads")
     if args.init_from and not get_recipe(args.recipe).init_from:
         parser.error(f"'{args.recipe}' is trained in one stage; --init-from applies to two-stage recipes")
