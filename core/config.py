@@ -234,6 +234,17 @@ RECIPES["transfer"] = replace(
            "v14 (docs/lungs.md, section 10): the head's loss adds lambda x the mean squared change of its logit between "
            "each training image and its re-encoded views (lambda x w'Σw); one head per lambda of 0, 1, 3, 10, 30, 100, "
            "keeping the largest whose validation ROC AUC is within 0.002 of lambda 0's (the card's 'consistency')."])
+# v15 (docs/lungs.md, section 11): 'transfer' is the v11 recipe on a stronger low-pass (sigma 3 px), without v14's
+# penalty; v14's recipe is kept as 'transfer_v14' (not shipped since v15)
+RECIPES["transfer_v14"] = replace(
+    RECIPES["transfer"], name="transfer_v14",
+    notes=[*RECIPES["transfer"].notes, "The 'transfer' that shipped in v14 (docs/lungs.md, section 10); replaced by v15."])
+RECIPES["transfer"] = replace(
+    RECIPES["transfer_v11"], name="transfer", blur_sigma=3.0,
+    notes=[*(n for n in RECIPES["transfer_v11"].notes[:-1] if n != BLUR_NOTE),
+           BLUR_NOTE.replace("sigma 2 px", "sigma 3 px"),
+           "v15 (docs/lungs.md, section 11): the v11 recipe with the input blurred at sigma 3 px rather than 2, which "
+           "keeps about 6 % of the amplitude of JPEG's 8 x 8 blocks rather than 29 %."])
 RECIPES["finetuned"] = replace(
     RECIPES["finetuned"], init_from="transfer_v11",
     notes=[n.replace("the trained 'transfer' model (head on the frozen backbone)",

@@ -70,16 +70,19 @@ def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
 
 def test_recipes_are_complete():
     ft = RECIPES["finetuned"]
-    # v11 (docs/lungs.md, section 7): transfer on blurred input, its head on re-encoded views too
+    # v11 (docs/lungs.md, section 7): transfer on blurred input, its head on re-encoded views too; v15 (section 11):
+    # the same on a sigma-3 low-pass
     tr = RECIPES["transfer"]
-    assert tr.blur_sigma == 2.0 and tr.encoding_augment and tr.equalize and not tr.trainable_top_layers
+    assert tr.blur_sigma == 3.0 and tr.encoding_augment and tr.equalize and not tr.trainable_top_layers
+    assert replace(tr, name="transfer_v11", blur_sigma=2.0, notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
-    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "finetuned", "finetuned_v6",
-                            "lungfocus_v8_head", "lungfocus_v8", "lungfocus", "lungfocus_ft"}
-    # v14 (docs/lungs.md, section 10): 'transfer' gains the consistency grid; 'finetuned' still starts from v11's
-    assert tr.consistency_grid == (0.0, 1.0, 3.0, 10.0, 30.0, 100.0) and 0.0 in tr.consistency_grid
-    assert ft.init_from == "transfer_v11" and replace(tr, name="transfer_v11", consistency_grid=(),
+    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "finetuned",
+                            "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus", "lungfocus_ft"}
+    # v14 (section 10): v11's with the consistency grid; 'finetuned' still starts from v11's
+    v14 = RECIPES["transfer_v14"]
+    assert v14.consistency_grid == (0.0, 1.0, 3.0, 10.0, 30.0, 100.0) and not tr.consistency_grid
+    assert ft.init_from == "transfer_v11" and replace(v14, name="transfer_v11", consistency_grid=(),
                                                       notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
     assert not RECIPES["lungfocus"].consistency_grid
     # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
