@@ -12,16 +12,21 @@ from core.training import FROZEN_KINDS, train
 __all__ = ["main"]
 
 
-def _seeds(text: str) -> tuple[int, ...]:
+def _values(text: str, cast, what: str) -> tuple:
+    """Comma-separated distinct ``what`` (parsed by ``cast``), or ``()`` for 'none'."""
     if text.strip().lower() == "none":
         return ()
     try:
-        seeds = tuple(int(t) for t in text.split(","))
+        values = tuple(cast(t) for t in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers or 'none', got {text!r}") from None
-    if len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"seeds repeat in {text!r}")
-    return seeds
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what} or 'none', got {text!r}") from None
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"values repeat in {text!r}")
+    return values
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    return _values(text, int, "integers")
 
 
 def _alpha(text: str) -> float:
@@ -35,14 +40,9 @@ def _alpha(text: str) -> float:
 
 
 def _grid(text: str) -> tuple[float, ...]:
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        grid = tuple(float(t) for t in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if any(not g >= 0 for g in grid) or 0.0 not in grid or len(set(grid)) != len(grid):
-        raise argparse.ArgumentTypeError(f"expected distinct numbers >= 0 including 0 (the reference), got {text!r}")
+    grid = _values(text, float, "numbers")
+    if grid and (any(not g >= 0 for g in grid) or 0.0 not in grid):
+        raise argparse.ArgumentTypeError(f"expected numbers >= 0 including 0 (the reference), got {text!r}")
     return grid
 
 
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
                              "serving (written into the card; recipe v11)")
     parser.add_argument("--init-from", metavar="NAME",
                         help="start a two-stage recipe from the model NAME (in --out's folder) instead of the "
-                             "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer')")
+                             "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer_v11')")
     parser.add_argument("--consistency-grid", type=_grid, metavar="L,L,…|none",
                         help="frozen-backbone heads: train one head per penalty weight L on the logit's change under "
                              "re-encoding and keep the largest L whose validation ROC AUC is within 0.002 of L 0's "
