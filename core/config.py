@@ -222,27 +222,24 @@ RECIPES["lungfocus_ft"] = replace(
            "re-encoded at random; one run (seed 42), then mixed half and half with 'lungfocus' (WiSE-FT).",
            LUNG_POOL_NOTE, BLUR_NOTE, EQUALIZE_NOTE, ENCODING_NOTE])
 
-# v14 (docs/lungs.md, section 10): 'transfer' with a penalty on its logit's change under re-encoding. The v11
-# 'transfer' stays as 'transfer_v11', the stage 1 that 'finetuned' (v13) started from and is mixed with.
+# The v11 'transfer' is kept as 'transfer_v11': the stage 1 that 'finetuned' (v13) started from and is mixed with.
+# v14 (docs/lungs.md, section 10) added a penalty on its logit's change under re-encoding ('transfer_v14', shipped
+# until v15); v15 (section 11) is the v11 recipe on a stronger low-pass (sigma 3 px), and is 'transfer'.
+V11_TRANSFER_NOTES = RECIPES["transfer"].notes
 RECIPES["transfer_v11"] = replace(
     RECIPES["transfer"], name="transfer_v11",
-    notes=[*RECIPES["transfer"].notes, "The 'transfer' recipe before v14 (docs/lungs.md, section 10), kept as the stage 1 "
+    notes=[*V11_TRANSFER_NOTES, "The 'transfer' recipe before v14 (docs/lungs.md, section 10), kept as the stage 1 "
            "of 'finetuned'; train it with --out DIR, then 'finetuned' with the same --out."])
-RECIPES["transfer"] = replace(
-    RECIPES["transfer"], consistency_grid=(0.0, 1.0, 3.0, 10.0, 30.0, 100.0),
-    notes=[*RECIPES["transfer"].notes,
+RECIPES["transfer_v14"] = replace(
+    RECIPES["transfer"], name="transfer_v14", consistency_grid=(0.0, 1.0, 3.0, 10.0, 30.0, 100.0),
+    notes=[*V11_TRANSFER_NOTES,
            "v14 (docs/lungs.md, section 10): the head's loss adds lambda x the mean squared change of its logit between "
            "each training image and its re-encoded views (lambda x w'Σw); one head per lambda of 0, 1, 3, 10, 30, 100, "
-           "keeping the largest whose validation ROC AUC is within 0.002 of lambda 0's (the card's 'consistency')."])
-# v15 (docs/lungs.md, section 11): 'transfer' is the v11 recipe on a stronger low-pass (sigma 3 px), without v14's
-# penalty; v14's recipe is kept as 'transfer_v14' (not shipped since v15)
-RECIPES["transfer_v14"] = replace(
-    RECIPES["transfer"], name="transfer_v14",
-    notes=[*RECIPES["transfer"].notes, "The 'transfer' that shipped in v14 (docs/lungs.md, section 10); replaced by v15."])
+           "keeping the largest whose validation ROC AUC is within 0.002 of lambda 0's (the card's 'consistency').",
+           "The 'transfer' that shipped in v14 (docs/lungs.md, section 10); replaced by v15."])
 RECIPES["transfer"] = replace(
-    RECIPES["transfer_v11"], name="transfer", blur_sigma=3.0,
-    notes=[*(n for n in RECIPES["transfer_v11"].notes[:-1] if n != BLUR_NOTE),
-           BLUR_NOTE.replace("sigma 2 px", "sigma 3 px"),
+    RECIPES["transfer"], blur_sigma=3.0,
+    notes=[*(n for n in V11_TRANSFER_NOTES if n != BLUR_NOTE), BLUR_NOTE.replace("sigma 2 px", "sigma 3 px"),
            "v15 (docs/lungs.md, section 11): the v11 recipe with the input blurred at sigma 3 px rather than 2, which "
            "keeps about 6 % of the amplitude of JPEG's 8 x 8 blocks rather than 29 %."])
 RECIPES["finetuned"] = replace(
@@ -250,7 +247,7 @@ RECIPES["finetuned"] = replace(
     notes=[n.replace("the trained 'transfer' model (head on the frozen backbone)",
                      "the trained 'transfer_v11' model (the v11 'transfer', a head on the frozen backbone)")
             .replace("starting from the v11 'transfer'", "starting from the v11 'transfer' (recipe 'transfer_v11'; "
-                     "'transfer' ships v14 since section 10)")
+                     "'transfer' has shipped other recipes since, sections 10-11)")
             .replace("mixed with the 'transfer' weights", "mixed with the 'transfer_v11' weights")
            for n in RECIPES["finetuned"].notes])
 
