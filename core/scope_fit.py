@@ -104,11 +104,7 @@ def set_joint_cutoff(data_dir=None, root: Path | None = None, seed: int = 42) ->
     separate = card.get("joint_cutoff", {}).get("separate_cutoffs") or {"guard": guard.cutoff, "scope": scope.cutoff}
     check = OODCheck(root)
     _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
-    gray = load_images(val)
-    found = []
-    for variant in ("copies", *VARIANTS):
-        images = gray if variant == "copies" else np.stack([served_variant(g, variant) for g in gray])
-        found += [r for i in range(0, len(images), 64) for r in check(images[i : i + 64])]
+    found = [r for results in _served(check, load_images(val)).values() for r in results]
     scale = joint_scale([r.score for r in found], separate["guard"], [r.scope_score for r in found], separate["scope"])
     guard.cutoff, scope.cutoff = scale * separate["guard"], scale * separate["scope"]
     scope.save(files.folder / "scope.npz")
@@ -146,16 +142,21 @@ def validation_report(data_dir=None, root: Path | None = None, seed: int = 42) -
     return out
 
 
-def _withheld(check, gray: np.ndarray) -> dict:
-    """Share of ``gray`` withheld by the guard, the scope check and either, as copies and as each served variant."""
+def _served(check, gray: np.ndarray) -> dict:
+    """The checks' result for each of ``gray``, as copies and as each served variant, checked in batches."""
     out = {}
     for variant in ("copies", *VARIANTS):
         images = gray if variant == "copies" else np.stack([served_variant(g, variant) for g in gray])
-        found = [r for i in range(0, len(images), 64) for r in check(images[i : i + 64])]
-        out[variant] = {"images": len(found), "guard": float(np.mean([r.score > r.cutoff for r in found])),
-                        "scope": float(np.mean([r.out_of_scope for r in found])),
-                        "either": float(np.mean([r.flagged for r in found]))}
+        out[variant] = [r for i in range(0, len(images), 64) for r in check(images[i : i + 64])]
     return out
+
+
+def _withheld(check, gray: np.ndarray) -> dict:
+    """Share of ``gray`` withheld by the guard, the scope check and either, as copies and as each served variant."""
+    return {variant: {"images": len(found), "guard": float(np.mean([r.score > r.cutoff for r in found])),
+                      "scope": float(np.mean([r.out_of_scope for r in found])),
+                      "either": float(np.mean([r.flagged for r in found]))}
+            for variant, found in _served(check, gray).items()}
 
 
 def report(data_dir=None, root: Path | None = None) -> dict:
