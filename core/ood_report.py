@@ -82,8 +82,8 @@ def summary(result: dict) -> str:
     """The one line ``python -m core.ood --report`` prints."""
     return (f"official test X-rays passing: {result['test_xrays_passing']:.1%} of {result['test_xrays']}; "
             f"non-X-ray images refused: {result['non_xray_refused']:.1%} of {result['non_xray_images']} "
-            f"(by the guard alone: {result.get('test_xrays_passing_guard', result['test_xrays_passing']):.1%} "
-            f"passing, {result.get('non_xray_refused_by_guard', result['non_xray_refused']):.1%} refused)")
+            f"(by the guard alone: {result['test_xrays_passing_guard']:.1%} passing, "
+            f"{result['non_xray_refused_by_guard']:.1%} refused)")
 
 
 def guard_table(result: dict) -> str:
@@ -91,8 +91,7 @@ def guard_table(result: dict) -> str:
     n, m = result["test_xrays"], result["non_xray_images"]
     kinds = {k.split(":")[0] for k in result["non_xray_scores"]}
     count = {k: sum(name.startswith(f"{k}:") for name in result["non_xray_scores"]) for k in kinds}
-    guard_pass = result.get("test_xrays_passing_guard", result["test_xrays_passing"])
-    guard_refused = result.get("non_xray_refused_by_guard", result["non_xray_refused"])
+    guard_pass, guard_refused = result["test_xrays_passing_guard"], result["non_xray_refused_by_guard"]
 
     def pct(x: float, of: int, digits: int) -> str:
         return f"{100 * x:.{digits}f} % ({round(x * of)} of {of})"

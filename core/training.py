@@ -224,8 +224,9 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
         if recipe.consistency_grid:  # every head of the grid from the same start (a recipe without one: as before)
             keras.utils.set_random_seed(recipe.seed)
         logit, hist = _train_head(recipe, f_tr, y_tr, weights, f_va, data.y_va, moment, lam)
-        val_prob = 1 / (1 + np.exp(-(f_va @ logit.get_weights()[0][:, 0] + logit.get_weights()[1][0])))
-        heads.append((lam, logit.get_weights(), hist, float(roc_auc_score(data.y_va, val_prob))))
+        kernel, bias = logit.get_weights()
+        # the head's validation ROC AUC: its logits rank the images as its probabilities do
+        heads.append((lam, [kernel, bias], hist, float(roc_auc_score(data.y_va, f_va @ kernel[:, 0] + bias[0]))))
     chosen = choose_consistency([(lam, auc) for lam, _, _, auc in heads])
     _, head_weights, hist, _ = next(h for h in heads if h[0] == chosen)
     if recipe.consistency_grid:
