@@ -8,6 +8,7 @@ read out, logged or returned.
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import pydicom
@@ -18,10 +19,17 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut, convert_color_spac
 from core.errors import ImageDecodeError
 from core.rawimage import RawImage, linear_window
 
-__all__ = ["decode_dicom", "read_dicom", "dicom_summary", "is_dicom", "patient_age_years", "AGE_KEY"]
+__all__ = ["decode_dicom", "read_dicom", "dicom_summary", "is_dicom", "patient_age_years", "column_spacing",
+           "AGE_KEY", "WIDTH_KEY", "WIDTH_FROM_KEY", "Stated", "stated"]
 
 AGE_KEY = "patient age (years)"
 """The summary's entry for the header's PatientAge, in years (capped at 90, as de-identification rules ask)."""
+WIDTH_KEY = "image width (cm)"
+"""The summary's entry for the image's width, ``Columns`` times the header's column spacing (:func:`column_spacing`)."""
+WIDTH_FROM_KEY = "pixel size from"
+"""Which header attribute gave the pixel size (``PixelSpacing`` or ``ImagerPixelSpacing``)."""
+MAX_SPACING_MM = 5.0
+"""A stated pixel larger than this (or not positive) is not believed: no chest detector has pixels that coarse."""
 _AGE_UNITS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
 
@@ -135,6 +143,38 @@ def patient_age_years(value) -> float | None:
     return round(min(int(text[:-1]) * _AGE_UNITS[text[-1]], 90.0), 2)
 
 
+def column_spacing(ds) -> tuple[float, str] | None:
+    """The header's horizontal pixel size in mm and the attribute it came from: ``PixelSpacing`` (in the patient's
+    plane where the system calibrates it), else ``ImagerPixelSpacing`` (at the detector); both are "row spacing
+    \\ column spacing". ``None`` when neither holds a plausible value (0 < mm <= :data:`MAX_SPACING_MM`)."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(keyword)
+        try:
+            mm = float(value[1]) if value is not None and len(value) > 1 else None
+        except (TypeError, ValueError):
+            mm = None
+        if mm is not None and 0 < mm <= MAX_SPACING_MM:
+            return mm, keyword
+    return None
+
+
+@dataclass(frozen=True)
+class Stated:
+    """What a file's header says about the patient and the image that a check can use: the age in years and the
+    image's width in cm (with the attribute its pixel size came from); ``None`` where it says nothing."""
+
+    age_years: float | None = None
+    width_cm: float | None = None
+    width_from: str | None = None
+
+
+def stated(summary: dict | None) -> Stated | None:
+    """The :class:`Stated` facts of a :func:`dicom_summary` (``None`` for a file that is not DICOM)."""
+    if summary is None:
+        return None
+    return Stated(summary.get(AGE_KEY), summary.get(WIDTH_KEY), summary.get(WIDTH_FROM_KEY))
+
+
 def _summary(ds) -> dict:
     out = {
         "modality": str(ds.get("Modality", "unknown")),
@@ -146,4 +186,8 @@ def _summary(ds) -> dict:
     age = patient_age_years(ds.get("PatientAge"))
     if age is not None:  # an age is not an identifier below 90 (HIPAA safe harbour); it decides scope
         out[AGE_KEY] = age
+    spacing, columns = column_spacing(ds), ds.get("Columns")
+    if spacing is not None and columns:
+        out[WIDTH_KEY] = round(int(columns) * spacing[0] / 10, 2)
+        out[WIDTH_FROM_KEY] = spacing[1]
     return out

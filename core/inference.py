@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from core.calibration import apply_temperature
-from core.dicom import AGE_KEY
+from core.dicom import Stated, stated
 from core.errors import ImageDecodeError
 from core.gradcam import GradCam, class_map, normalise, upsample
 from core.lungs import implausible_lungs, lung_energy
-from core.ood import OODCheck, OODResult, stated_age_note
+from core.ood import OODCheck, OODResult, stated_age_note, stated_size_note
 from core.preprocessing import decode_full, squash, to_model_input
 from core.rawimage import RawImage
 from core.registry import load_card, load_keras_model, lungs_files
@@ -148,9 +148,15 @@ class Upload:
     raw: RawImage | None = None  # its values before any window (DICOM, 16-bit files), for the viewer's window
 
     @property
+    def stated(self) -> Stated | None:
+        """What the DICOM header states that the checks use: the patient's age, the image's width in cm (``None``:
+        not DICOM)."""
+        return stated(self.dicom)
+
+    @property
     def stated_age(self) -> float | None:
         """The patient's age in years as the DICOM header states it (``None``: not DICOM, or not stated)."""
-        return (self.dicom or {}).get(AGE_KEY)
+        return self.stated.age_years if self.dicom is not None else None
 
 
 def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None = None) -> Upload:
@@ -209,7 +215,7 @@ class ImageReading:
 
 def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel] = (),
           guard: OODCheck | None = None, lungs: LungSegmenter | None = None,
-          batch_size: int = 32, ages: Sequence[float | None] | None = None) -> list[ImageReading]:
+          batch_size: int = 32, stated: Sequence[Stated | None] | None = None) -> list[ImageReading]:
     """Check and score a batch of images: the guard and the lungs once per image, each model in batches.
 
     Args:
@@ -219,8 +225,9 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
         lungs: The lung segmenter, or ``None``; with the guard, an image without a plausible pair of
             lungs is flagged.
         batch_size: Images per compiled call.
-        ages: Each image's patient age as its file states it (``Upload.stated_age``), or ``None``; with the
-            guard, a film stated to be an adult's is withheld (:func:`core.ood.stated_age_note`).
+        stated: What each image's file states (``Upload.stated``), or ``None``; with the guard, a film whose header
+            states an adult's age is withheld (:func:`core.ood.stated_age_note`), and with the lungs too, one whose
+            lungs span an adult's width by the header's pixel size (:func:`core.ood.stated_size_note`).
 
     Returns:
         One :class:`ImageReading` per image, in order.
@@ -229,8 +236,9 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
         return []
     batch = np.asarray(grays, dtype=np.uint8)
     checks = guard(batch) if guard is not None else [None] * len(batch)
-    if guard is not None and ages is not None:
-        checks = [replace(c, age_note=stated_age_note(a)) for c, a in zip(checks, ages, strict=True)]
+    facts = [f or Stated() for f in stated] if stated is not None else [Stated()] * len(batch)
+    if guard is not None:
+        checks = [replace(c, age_note=stated_age_note(f.age_years)) for c, f in zip(checks, facts, strict=True)]
     # the lungs come from one model's own pass where a model can give them, else from the segmenter
     giver = next((m for m in models if m.gives_lungs), None) if lungs is not None else None
     done = {giver.name: giver.diagnose_gray(batch, batch_size, lungs=True)} if giver else {}
@@ -239,6 +247,10 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
         masks = np.stack([d.lungs for d in done[giver.name]]) if giver else lungs.masks(batch)
         if guard is not None:
             checks = [replace(c, lungs_note=implausible_lungs(m)) for c, m in zip(checks, masks, strict=True)]
+            # a plausible pair of lungs, measured in cm where the header gives the pixel size
+            checks = [c if c.lungs_note is not None else
+                      replace(c, size_note=stated_size_note(f.width_cm, m, f.width_from))
+                      for c, m, f in zip(checks, masks, facts, strict=True)]
     # a lung-focused model takes the lungs found above (or finds them itself)
     per_model = {m.name: done[m.name] if m.name in done else
                  m.diagnose_gray(batch, batch_size, masks=masks if m.needs_lungs else None) for m in models}

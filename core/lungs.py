@@ -32,6 +32,7 @@ __all__ = [
     "explanation_quality",
     "LUNG_AREA_RANGE",
     "implausible_lungs",
+    "lung_span",
     "outline",
     "draw_outline",
     "EVIDENCE_OUTSIDE_WARNING",
@@ -167,6 +168,17 @@ def implausible_lungs(mask: np.ndarray) -> str | None:
     if not (centres[0] < 0.5 < centres[1]):
         return "the two lung-like regions found are not on either side of the chest"
     return None
+
+
+def lung_span(mask: np.ndarray) -> float | None:
+    """The share of the image's width that the lungs span, both together: from the 0.5th to the 99.5th percentile
+    of their pixels' columns, so that a few stray pixels do not widen it. ``None`` for an empty mask."""
+    mask = np.asarray(mask, bool)
+    columns = np.nonzero(mask)[1]
+    if not columns.size:
+        return None
+    left, right = np.percentile(columns, [0.5, 99.5])
+    return float((right - left + 1) / mask.shape[1])
 
 
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:

@@ -25,6 +25,7 @@ import numpy as np
 from core.augment import VARIANTS, encoding_path, served_variant
 from core.backbones import efficientnet_lite0
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
+from core.lungs import lung_span
 from core.preprocessing import InputSpec, to_model_input
 from core.registry import guard_files, models_dir, sha256_file, verify_sha256, write_card
 from core.runtime import compiled_forward
@@ -34,6 +35,12 @@ __all__ = [
     "OOD_WARNING",
     "NO_LUNGS_WARNING",
     "SCOPE_WARNING",
+    "AGE_WARNING",
+    "SIZE_WARNING",
+    "ADULT_AGE_YEARS",
+    "ADULT_LUNG_WIDTH_CM",
+    "stated_age_note",
+    "stated_size_note",
     "OODResult",
     "OODCheck",
     "OODGuard",
@@ -61,11 +68,27 @@ AGE_WARNING = (
 )
 ADULT_AGE_YEARS = 18.0
 """A stated age from which a film is an adult's, and withheld (:func:`stated_age_note`)."""
+SIZE_WARNING = (
+    "By the pixel size in the file's DICOM header ({source}), the lungs found span {width:.1f} cm across, an adult's "
+    "size: a child aged one to five, whose films the models were trained on, measures well under {limit:g} cm, so "
+    "this film is outside what they can read."
+)
+ADULT_LUNG_WIDTH_CM = 25.0
+"""Lungs this wide or wider (both together, in cm, by the header's pixel size) are an adult's (docs/scope.md, v4)."""
 
 
 def stated_age_note(age_years: float | None) -> str | None:
     """The warning for a film whose header states an adult's age; ``None`` for a child's or no stated age."""
     return AGE_WARNING.format(age=age_years) if age_years is not None and age_years >= ADULT_AGE_YEARS else None
+
+
+def stated_size_note(width_cm: float | None, mask: np.ndarray | None, source: str | None = None) -> str | None:
+    """The warning for a film whose lungs span :data:`ADULT_LUNG_WIDTH_CM` or more, measured with the image width in
+    cm that its header gives (``width_cm``) and the lung mask found in it; ``None`` without either, or under it."""
+    span = lung_span(mask) if width_cm is not None and mask is not None else None
+    if span is None or span * width_cm < ADULT_LUNG_WIDTH_CM:
+        return None
+    return SIZE_WARNING.format(source=source or "pixel spacing", width=span * width_cm, limit=ADULT_LUNG_WIDTH_CM)
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,7 @@ class OODResult:
     scope_score: float | None = None
     scope_cutoff: float | None = None
     age_note: str | None = None  # the file's header states an adult's age (stated_age_note)
+    size_note: str | None = None  # the lungs span an adult's width by the header's pixel size (stated_size_note)
 
     @property
     def out_of_scope(self) -> bool:
@@ -87,13 +111,16 @@ class OODResult:
 
     @property
     def flagged(self) -> bool:
-        return self.score > self.cutoff or self.lungs_note is not None or self.out_of_scope or self.age_note is not None
+        return (self.score > self.cutoff or self.lungs_note is not None or self.out_of_scope
+                or self.age_note is not None or self.size_note is not None)
 
     @property
     def reason(self) -> str:
         """Why the image is withheld, in a few words (the first that applies); ``""`` when it is not."""
         if self.age_note is not None:
             return "an adult's film, by its DICOM header"
+        if self.size_note is not None:
+            return "an adult's size, by its DICOM pixel size"
         if self.score > self.cutoff:
             return "not like the training X-rays"
         if self.out_of_scope:
@@ -102,7 +129,7 @@ class OODResult:
 
     @property
     def warning(self) -> str:
-        parts = [self.age_note] if self.age_note is not None else []
+        parts = [note for note in (self.age_note, self.size_note) if note is not None]
         if self.score > self.cutoff:
             parts.append(OOD_WARNING.format(score=self.score, cutoff=self.cutoff))
         if self.out_of_scope:

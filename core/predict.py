@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                 uploads[index] = str(exc)
         good = [i for i, _ in chunk if not isinstance(uploads[i], str)]
         found = inference.score([uploads[i].gray for i in good], models, guard, lungs,
-                                ages=[uploads[i].stated_age for i in good])
+                                stated=[uploads[i].stated for i in good])
         readings = dict(zip(good, found, strict=True))
         for index, path in chunk:
             if index not in readings:

@@ -18,6 +18,7 @@ import pages
 from core import LABELS, data, inference, registry
 from core.cards import DISCLAIMER, ModelCard
 from core.data import find_data_dir
+from core.dicom import Stated
 from core.errors import DatasetNotFoundError, ImageDecodeError
 from core.evaluation import bootstrap_ci
 from core.gradcam import overlay
@@ -144,12 +145,12 @@ def read_uploads(slot: str, files: dict[str, bytes], max_bytes: int | None = Non
 
 
 def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: bool = False,
-                     ages: dict[str, float | None] | None = None) -> dict[str, ImageReading]:
+                     stated: dict[str, Stated | None] | None = None) -> dict[str, ImageReading]:
     """The guard's check and the lungs (when ``check``) and each named model's diagnosis of each image
     (key -> 224 x 224 gray), computed once while the image stays in ``slot``.
 
-    ``ages``: each image's patient age as its file states it (``Upload.stated_age``): the check withholds an
-    adult's film. Kept in this session's memory (never on disk), so moving a widget redraws the page without
+    ``stated``: what each image's file states (``Upload.stated``): the check withholds a film whose header gives an
+    adult's age, or a pixel size by which its lungs are an adult's width. Kept in this session's memory (never on disk), so moving a widget redraws the page without
     scoring again; images no longer given are forgotten. What is missing is scored in one
     :func:`core.inference.score` call per set of missing pieces.
     """
@@ -163,7 +164,7 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
     for (need_check, need_models), keys in groups.items():
         found = inference.score([images[k] for k in keys], [get_model(n) for n in need_models],
                                 get_ood() if need_check else None, get_lungs() if need_check else None,
-                                ages=[(ages or {}).get(k) for k in keys] if need_check else None)
+                                stated=[(stated or {}).get(k) for k in keys] if need_check else None)
         for key, reading in zip(keys, found, strict=True):
             if need_check:
                 held[key]["ood"], held[key]["lungs"] = reading.ood, reading.lungs
@@ -172,10 +173,10 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
             for k in images}
 
 
-def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False, age: float | None = None) -> ImageReading:
+def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False, stated: Stated | None = None) -> ImageReading:
     """:func:`session_readings` of one image (the slot holds only it)."""
-    key = content_key(slot if age is None else f"{slot} age {age:g}", gray)  # the same pixels, another stated age
-    return session_readings(slot, {key: gray}, names, check, {key: age})[key]
+    key = content_key(slot if stated is None else f"{slot} {stated}", gray)  # the same pixels, another header
+    return session_readings(slot, {key: gray}, names, check, {key: stated})[key]
 
 
 @st.cache_data(show_spinner=False)

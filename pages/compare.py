@@ -93,13 +93,13 @@ st.plotly_chart(fig, key="cmp_roc")
 st.header("One image through every model")
 both = ui.all_predictions()
 source = st.radio("Image", ["Test image by file name", "Upload"], horizontal=True, key="cmp_source")
-gray, caption, age = None, "", None
+gray, caption, facts = None, "", None
 if source == "Upload":
     upload = st.file_uploader("X-ray (JPEG, PNG, BMP, TIFF or DICOM)", key="cmp_upload")
     if upload is not None:
         try:
             read = read_upload(upload.getvalue(), upload.name)
-            gray, caption, age = read.gray, upload.name, read.stated_age
+            gray, caption, facts = read.gray, upload.name, read.stated
         except ImageDecodeError as exc:
             st.error(str(exc))
 elif both is not None:
@@ -109,10 +109,10 @@ elif both is not None:
     if gray is None:
         ui.no_data_hint()
 # checked first; scored by the models only once the user may see it
-if gray is not None and ui.withheld_unless_asked(ui.one_reading("cmp_reading", gray, check=True, age=age).ood, key="cmp_ood"):
+if gray is not None and ui.withheld_unless_asked(ui.one_reading("cmp_reading", gray, check=True, stated=facts).ood, key="cmp_ood"):
     gray = None
 if gray is not None:
-    scores = ui.one_reading("cmp_reading", gray, names, check=True, age=age).diagnoses
+    scores = ui.one_reading("cmp_reading", gray, names, check=True, stated=facts).diagnoses
     st.caption(caption)
     cols = st.columns(len(names))
     for col, name in zip(cols, names, strict=False):

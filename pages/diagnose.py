@@ -93,9 +93,10 @@ read = ui.read_uploads("dx_uploads", {keys[f]: data for f, data in files},
 usable = [f for f, _ in files if not isinstance(read[keys[f]], str)]
 if progress:
     progress.progress(len(files) / (len(files) + 1), text="Scoring…")
-# a DICOM header that states an adult's age withholds the film like any other out-of-scope image
+# a DICOM header that states an adult's age, or a pixel size by which the lungs are an adult's width, withholds the
+# film like any other out-of-scope image
 readings = ui.session_readings("dx_readings", {keys[f]: read[keys[f]].gray for f in usable}, selected, check=True,
-                               ages={keys[f]: read[keys[f]].stated_age for f in usable})
+                               stated={keys[f]: read[keys[f]].stated for f in usable})
 if progress:
     progress.empty()
 errors = {f: read[keys[f]] for f, _ in files if isinstance(read[keys[f]], str)}

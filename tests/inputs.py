@@ -59,8 +59,9 @@ def photo(name: str) -> bytes:
 
 def dicom(pixels: np.ndarray | None = BASE, photometric: str = "MONOCHROME2", bits: int = 8, slope=None,
           intercept=None, window=None, frames: int = 1, syntax=None, raw: bytes | None = None,
-          age: str | None = None) -> bytes:
-    """A DICOM file built with pydicom, carrying fake patient identifiers."""
+          age: str | None = None, spacing=None, imager_spacing=None) -> bytes:
+    """A DICOM file built with pydicom, carrying fake patient identifiers; ``spacing`` and ``imager_spacing`` set
+    ``PixelSpacing`` and ``ImagerPixelSpacing`` (mm, row then column)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
 
@@ -75,6 +76,10 @@ def dicom(pixels: np.ndarray | None = BASE, photometric: str = "MONOCHROME2", bi
     ds.Modality, ds.ViewPosition = "DX", "AP"
     if age is not None:
         ds.PatientAge = age
+    if spacing is not None:
+        ds.PixelSpacing = list(spacing)
+    if imager_spacing is not None:
+        ds.ImagerPixelSpacing = list(imager_spacing)
     if pixels is not None:
         arr = np.asarray(pixels)
         ds.Rows, ds.Columns = arr.shape[-2:]

@@ -121,15 +121,17 @@ def test_a_dicom_header_that_states_an_adults_age_withholds_the_film():
         return [OODResult(score=1.0, cutoff=2.0) for _ in batch]
 
     uploads = [adult, child, undated]
-    readings = score([u.gray for u in uploads], guard=passing_guard, ages=[u.stated_age for u in uploads])
+    readings = score([u.gray for u in uploads], guard=passing_guard, stated=[u.stated for u in uploads])
     held = readings[0]
     assert held.flagged and held.ood.reason == "an adult's film, by its DICOM header"
     assert "45 years" in held.ood.warning and "children aged one to five" in held.ood.warning
     assert not readings[1].flagged and not readings[2].flagged
-    assert score([adult.gray], ages=[45.0])[0].ood is None  # no guard asked for: nothing to add to
+    assert score([adult.gray], stated=[adult.stated])[0].ood is None  # no guard asked for: nothing to add to
 
 
-def test_the_cli_withholds_a_real_xray_whose_header_says_adult(data_dir, shipped_models, tmp_path):
+def test_the_cli_withholds_a_real_xray_whose_header_says_adult_by_age_or_by_size(data_dir, shipped_models, tmp_path):
+    """The same pediatric test X-ray as four DICOM files: stated a 45-year-old's or a 4-year-old's; and with a pixel
+    size by which its lungs span an adult's width (2 mm per pixel over 224 columns) or a child's (1 mm)."""
     import json
     import subprocess
     import sys
@@ -141,14 +143,75 @@ def test_the_cli_withholds_a_real_xray_whose_header_says_adult(data_dir, shipped
 
     sample = sorted((data_dir / "test" / "NORMAL").glob("*.jpeg"))[0]
     pixels = np.asarray(Image.open(sample).convert("L"))
-    for age in ("045Y", "004Y"):
-        (tmp_path / f"{age}.dcm").write_bytes(inputs.dicom(pixels, age=age))
+    files = {"045Y": inputs.dicom(pixels, age="045Y"), "004Y": inputs.dicom(pixels, age="004Y"),
+             "2mm": inputs.dicom(pixels, spacing=(2.0, 2.0)), "1mm": inputs.dicom(pixels, imager_spacing=(1.0, 1.0))}
+    for stem, data in files.items():
+        (tmp_path / f"{stem}.dcm").write_bytes(data)
     proc = subprocess.run([sys.executable, "-m", "core.predict", "--json", "--model", "finetuned",
-                           tmp_path / "045Y.dcm", tmp_path / "004Y.dcm"], cwd=ROOT, capture_output=True, text=True,
+                           *(tmp_path / f"{stem}.dcm" for stem in files)], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     lines = {Path(r["file"]).stem: r for r in map(json.loads, proc.stdout.splitlines())}
     assert lines["045Y"]["ood"] is True and lines["045Y"]["reason"] == "an adult's film, by its DICOM header"
     assert not lines["004Y"].get("ood")  # the same pediatric X-ray, stated as a 4-year-old's, passes
+    assert lines["2mm"]["ood"] is True and lines["2mm"]["reason"] == "an adult's size, by its DICOM pixel size"
+    assert "PixelSpacing" in lines["2mm"]["warning"] and " cm across" in lines["2mm"]["warning"]
+    assert not lines["1mm"].get("ood")  # 22.4 cm of image: a child's lungs
+
+
+def test_the_header_pixel_size_gives_the_image_width_in_cm():
+    from core.dicom import WIDTH_FROM_KEY, WIDTH_KEY, Stated, stated
+    from core.inference import read_upload
+    from tests import inputs
+
+    def read(**header):
+        return read_upload(inputs.dicom(**header), "film.dcm")
+
+    calibrated = read(spacing=(0.2, 0.15), imager_spacing=(0.3, 0.3), age="004Y")
+    cols = calibrated.dicom["size"].split(" ")[0]
+    assert calibrated.dicom[WIDTH_KEY] == round(int(cols) * 0.15 / 10, 2)  # PixelSpacing first; its column spacing
+    assert calibrated.stated == Stated(4.0, calibrated.dicom[WIDTH_KEY], "PixelSpacing")
+    assert read(imager_spacing=(0.3, 0.25)).dicom[WIDTH_FROM_KEY] == "ImagerPixelSpacing"
+    for implausible in ((0.0, 0.0), (-1.0, -1.0), (9.0, 9.0)):  # not believed: no width
+        assert WIDTH_KEY not in read(spacing=implausible).dicom
+    assert read(spacing=(0.0, 0.0), imager_spacing=(0.2, 0.2)).dicom[WIDTH_FROM_KEY] == "ImagerPixelSpacing"
+    assert read().stated == Stated() and stated(None) is None
+
+
+def test_lungs_an_adults_width_across_are_withheld_by_the_header_pixel_size():
+    """Two lung-shaped blocks spanning 165 of 224 columns: 29.5 cm on a 40 cm image (withheld), 18.4 cm on 25 cm."""
+    from core.dicom import Stated
+    from core.inference import score
+    from core.lungs import lung_span
+    from core.ood import ADULT_LUNG_WIDTH_CM, stated_size_note
+
+    mask = np.zeros((224, 224), bool)
+    mask[40:190, 30:100] = mask[40:190, 125:195] = True
+    assert lung_span(mask) == pytest.approx(165 / 224)
+    stray = mask.copy()
+    stray[5, 0] = True  # one stray pixel does not widen the lungs
+    assert lung_span(stray) == pytest.approx(165 / 224) and lung_span(np.zeros((4, 4), bool)) is None
+    assert stated_size_note(25.0, mask) is None and stated_size_note(None, mask) is None
+    assert stated_size_note(40.0, None) is None
+    exactly = ADULT_LUNG_WIDTH_CM / (165 / 224)
+    assert stated_size_note(exactly * 1.001, mask) is not None and stated_size_note(exactly * 0.999, mask) is None
+
+    class Lungs:  # the segmenter's interface, answering with the blocks (or nothing, for the second image)
+        def masks(self, batch):
+            return np.stack([mask, np.zeros_like(mask)])[: len(batch)]
+
+    def passing_guard(batch):
+        return [OODResult(score=1.0, cutoff=2.0) for _ in batch]
+
+    grays = np.zeros((2, 224, 224), np.uint8)
+    adult, child = Stated(width_cm=40.0, width_from="PixelSpacing"), Stated(width_cm=25.0)
+    held, no_lungs = score(grays, guard=passing_guard, lungs=Lungs(), stated=[adult, adult])
+    assert held.flagged and held.ood.reason == "an adult's size, by its DICOM pixel size"
+    assert "29.5 cm across" in held.ood.warning and "(PixelSpacing)" in held.ood.warning
+    # without a plausible pair of lungs there is nothing to measure: that is the message
+    assert no_lungs.ood.size_note is None and no_lungs.ood.reason == "no plausible pair of lungs"
+    assert not score(grays[:1], guard=passing_guard, lungs=Lungs(), stated=[child])[0].flagged
+    assert not score(grays[:1], guard=passing_guard, lungs=Lungs(), stated=[None])[0].flagged
+    assert not score(grays[:1], guard=passing_guard, lungs=Lungs())[0].flagged
 
 
 def test_the_checks_read_the_input_their_card_names(tmp_path):

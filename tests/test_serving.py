@@ -61,9 +61,9 @@ def score_calls(monkeypatch):
     calls = []
     original = inference.score
 
-    def counting(grays, models=(), guard=None, lungs=None, batch_size=32, ages=None):
+    def counting(grays, models=(), guard=None, lungs=None, batch_size=32, stated=None):
         calls.append((len(grays), tuple(m.name for m in models), guard is not None))
-        return original(grays, models, guard, lungs, batch_size, ages)
+        return original(grays, models, guard, lungs, batch_size, stated)
 
     monkeypatch.setattr(inference, "score", counting)
     st.cache_data.clear()  # cached overlays from earlier tests would hide the calls
