@@ -8,7 +8,7 @@ read out, logged or returned.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pydicom
@@ -160,12 +160,20 @@ def column_spacing(ds) -> tuple[float, str] | None:
 
 @dataclass(frozen=True)
 class Stated:
-    """What a file's header says about the patient and the image that a check can use: the age in years and the
-    image's width in cm (with the attribute its pixel size came from); ``None`` where it says nothing."""
+    """What is stated about the patient and the image that a check can use: the age in years (from the file's header,
+    or entered by the user: ``age_entered``) and the image's width in cm (with the header attribute its pixel size
+    came from); ``None`` where nothing is stated."""
 
     age_years: float | None = None
     width_cm: float | None = None
     width_from: str | None = None
+    age_entered: bool = False
+
+    def with_entered_age(self, age_years: float | None) -> Stated:
+        """These facts with an age the user entered, where the file states none (the file's own word wins)."""
+        if age_years is None or self.age_years is not None:
+            return self
+        return replace(self, age_years=float(age_years), age_entered=True)
 
 
 def stated(summary: dict | None) -> Stated | None:

@@ -225,9 +225,10 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
         lungs: The lung segmenter, or ``None``; with the guard, an image without a plausible pair of
             lungs is flagged.
         batch_size: Images per compiled call.
-        stated: What each image's file states (``Upload.stated``), or ``None``; with the guard, a film whose header
-            states an adult's age is withheld (:func:`core.ood.stated_age_note`), and with the lungs too, one whose
-            lungs span an adult's width by the header's pixel size (:func:`core.ood.stated_size_note`).
+        stated: What is stated about each image (``Upload.stated``, perhaps with an age the user entered), or
+            ``None``; with the guard, a film stated to be an adult's is withheld (:func:`core.ood.stated_age_note`),
+            and with the lungs too, one whose lungs span an adult's width by the header's pixel size
+            (:func:`core.ood.stated_size_note`).
 
     Returns:
         One :class:`ImageReading` per image, in order.
@@ -238,7 +239,8 @@ def score(grays: Sequence[np.ndarray] | np.ndarray, models: Sequence[LoadedModel
     checks = guard(batch) if guard is not None else [None] * len(batch)
     facts = [f or Stated() for f in stated] if stated is not None else [Stated()] * len(batch)
     if guard is not None:
-        checks = [replace(c, age_note=stated_age_note(f.age_years)) for c, f in zip(checks, facts, strict=True)]
+        checks = [replace(c, age_note=stated_age_note(f.age_years, f.age_entered), age_entered=f.age_entered)
+                  for c, f in zip(checks, facts, strict=True)]
     # the lungs come from one model's own pass where a model can give them, else from the segmenter
     giver = next((m for m in models if m.gives_lungs), None) if lungs is not None else None
     done = {giver.name: giver.diagnose_gray(batch, batch_size, lungs=True)} if giver else {}

@@ -36,6 +36,7 @@ __all__ = [
     "NO_LUNGS_WARNING",
     "SCOPE_WARNING",
     "AGE_WARNING",
+    "ENTERED_AGE_WARNING",
     "SIZE_WARNING",
     "ADULT_AGE_YEARS",
     "ADULT_LUNG_WIDTH_CM",
@@ -77,9 +78,18 @@ ADULT_LUNG_WIDTH_CM = 25.0
 """Lungs this wide or wider (both together, in cm, by the header's pixel size) are an adult's (docs/scope.md, v4)."""
 
 
-def stated_age_note(age_years: float | None) -> str | None:
-    """The warning for a film whose header states an adult's age; ``None`` for a child's or no stated age."""
-    return AGE_WARNING.format(age=age_years) if age_years is not None and age_years >= ADULT_AGE_YEARS else None
+ENTERED_AGE_WARNING = (
+    "The patient's age was entered as {age:g} years. The models were trained on chest X-rays of children aged one to "
+    "five, so an adult's film is outside what they can read."
+)
+
+
+def stated_age_note(age_years: float | None, entered: bool = False) -> str | None:
+    """The warning for a film whose header states an adult's age (or, ``entered``, for which the user entered one);
+    ``None`` for a child's or no stated age."""
+    if age_years is None or age_years < ADULT_AGE_YEARS:
+        return None
+    return (ENTERED_AGE_WARNING if entered else AGE_WARNING).format(age=age_years)
 
 
 def stated_size_note(width_cm: float | None, mask: np.ndarray | None, source: str | None = None) -> str | None:
@@ -102,7 +112,8 @@ class OODResult:
     lungs_note: str | None = None
     scope_score: float | None = None
     scope_cutoff: float | None = None
-    age_note: str | None = None  # the file's header states an adult's age (stated_age_note)
+    age_note: str | None = None  # the file's header (or the user: age_entered) states an adult's age (stated_age_note)
+    age_entered: bool = False
     size_note: str | None = None  # the lungs span an adult's width by the header's pixel size (stated_size_note)
 
     @property
@@ -118,7 +129,7 @@ class OODResult:
     def reason(self) -> str:
         """Why the image is withheld, in a few words (the first that applies); ``""`` when it is not."""
         if self.age_note is not None:
-            return "an adult's film, by its DICOM header"
+            return "an adult's film, by the age entered" if self.age_entered else "an adult's film, by its DICOM header"
         if self.size_note is not None:
             return "an adult's size, by its DICOM pixel size"
         if self.score > self.cutoff:

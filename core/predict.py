@@ -1,4 +1,4 @@
-"""``python -m core.predict [--model NAME|all] [--json] [--heatmap-dir DIR [--maps]] [--lung-dir DIR] FILE [FILE ...]``
+"""``python -m core.predict [--model NAME|all] [--json] [--heatmap-dir DIR [--maps]] [--lung-dir DIR] [--age YEARS] FILE …``
 
 Scores X-ray files with the shipped models. With ``--json``: one JSON object per line,
 ``{"file", "model", "probability", "label", "threshold", "lung_share"}`` per scored (file, model),
@@ -6,7 +6,8 @@ or ``{"file", "error"}`` for a file that cannot be used. ``lung_share`` is the s
 Grad-CAM map (explaining P(pneumonia)) inside the lungs the segmenter found (``null`` without a
 segmenter or for an empty map). A file that does not look like a chest X-ray, not like a young child's
 film (:mod:`core.scope`), or has no plausible pair of lungs (the guard), is still scored, and its lines
-gain ``"ood": true``, a short ``"reason"`` and a ``"warning"``.
+gain ``"ood": true``, a short ``"reason"`` and a ``"warning"``; so do those of a film stated to be an adult's (by
+its DICOM header, by ``--age`` for files whose header states no age, or by its lungs' width in cm: docs/scope.md).
 ``--heatmap-dir`` gets an overlay PNG per (file, model); with ``--maps`` also ``<stem>.<model>.npy``,
 the 224 x 224 float32 map in [0, 1] as displayed, explaining P(pneumonia). ``--lung-dir`` gets
 ``<stem>.lungs.png`` (224 x 224, 255 = lung). Exit status: 0 when every file was scored, 1 when any
@@ -24,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from core import inference
+from core.dicom import Stated
 from core.errors import ImageDecodeError
 from core.gradcam import overlay
 from core.ood import OODCheck
@@ -46,12 +48,17 @@ def main(argv=None) -> int:
                              "into --heatmap-dir")
     parser.add_argument("--lung-dir", type=Path, help="write the lungs found as <stem>.lungs.png (255 = lung)")
     parser.add_argument("--no-ood-check", action="store_true", help="skip the out-of-distribution guard")
+    parser.add_argument("--age", type=float, metavar="YEARS",
+                        help="the patient's age, for every file whose header states none (JPEG and PNG never do); "
+                             "18 or more withholds the film as an adult's")
     parser.add_argument("files", nargs="*", metavar="FILE")
     args = parser.parse_args(argv)
     if not args.files:
         parser.error("no files given")
     if args.maps and not args.heatmap_dir:
         parser.error("--maps needs --heatmap-dir")
+    if args.age is not None and not 0 <= args.age <= 120:
+        parser.error(f"--age {args.age:g} is not an age in years (0 to 120)")
     names = available_models()
     if args.model != "all" and args.model not in names:
         parser.error(f"unknown model '{args.model}'. Available: {', '.join(names) or 'none'}")
@@ -76,7 +83,7 @@ def main(argv=None) -> int:
                 uploads[index] = str(exc)
         good = [i for i, _ in chunk if not isinstance(uploads[i], str)]
         found = inference.score([uploads[i].gray for i in good], models, guard, lungs,
-                                stated=[uploads[i].stated for i in good])
+                                stated=[(uploads[i].stated or Stated()).with_entered_age(args.age) for i in good])
         readings = dict(zip(good, found, strict=True))
         for index, path in chunk:
             if index not in readings:

@@ -11,6 +11,7 @@ import streamlit as st
 
 from core.cards import recommended
 from core.case_report import ReportModel, case_report
+from core.dicom import Stated
 from core.gradcam import colour_bar, overlay
 from core.inference import label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
@@ -59,6 +60,13 @@ with st.sidebar:
 uploads = st.file_uploader("Upload X-rays (JPEG, PNG, BMP, TIFF or DICOM)", accept_multiple_files=True,
                            key="dx_upload")
 files: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
+entered_age = st.number_input(
+    "Patient's age in years, where the file does not state it (optional)", min_value=0.0, max_value=120.0,
+    value=None, step=1.0, format="%g", key="dx_age",
+    help="The models were trained on chest X-rays of children aged one to five: a film you say is of someone 18 or "
+         "older is withheld like an adult's DICOM. Applies to every uploaded file without an age in its header (JPEG "
+         "and PNG never have one); kept in this session only.")
+uploaded = len(files)  # the sample below, if any, is a child's film from the dataset: no age applies to it
 
 root = ui.data_dir()
 sample_dir = root.parent / "samples_fullres" if root else None
@@ -93,15 +101,19 @@ read = ui.read_uploads("dx_uploads", {keys[f]: data for f, data in files},
 usable = [f for f, _ in files if not isinstance(read[keys[f]], str)]
 if progress:
     progress.progress(len(files) / (len(files) + 1), text="Scoring…")
-# a DICOM header that states an adult's age, or a pixel size by which the lungs are an adult's width, withholds the
-# film like any other out-of-scope image
-readings = ui.session_readings("dx_readings", {keys[f]: read[keys[f]].gray for f in usable}, selected, check=True,
-                               stated={keys[f]: read[keys[f]].stated for f in usable})
+# an adult's age (in the DICOM header, else as entered), or a pixel size by which the lungs are an adult's width,
+# withholds the film like any other out-of-scope image; a reading is kept per file and what is stated about it
+order = {f: i for i, (f, _) in enumerate(files)}
+facts = {f: (read[keys[f]].stated or Stated()).with_entered_age(entered_age if order[f] < uploaded else None)
+         for f in usable}
+rkeys = {f: f"{keys[f]}\0{facts[f]}" for f in usable}
+readings = ui.session_readings("dx_readings", {rkeys[f]: read[keys[f]].gray for f in usable}, selected, check=True,
+                               stated={rkeys[f]: facts[f] for f in usable})
 if progress:
     progress.empty()
 errors = {f: read[keys[f]] for f, _ in files if isinstance(read[keys[f]], str)}
-flagged = {f: readings[keys[f]].ood for f in usable if readings[keys[f]].flagged}
-results = [(f, read[keys[f]].gray, readings[keys[f]].diagnoses[name]) for f in usable for name in selected]
+flagged = {f: readings[rkeys[f]].ood for f in usable if readings[rkeys[f]].flagged}
+results = [(f, read[keys[f]].gray, readings[rkeys[f]].diagnoses[name]) for f in usable for name in selected]
 
 for filename, message in errors.items():
     st.error(f"**{filename}** was not scored: {message}")
@@ -121,7 +133,7 @@ if len(files) > 1:
             return {**out, "status": "withheld: " + flagged[f].reason}
         out["status"] = "scored" + (" (shown although unusual)" if f in flagged else "")
         for name in selected:
-            d = readings[keys[f]].diagnoses[name]
+            d = readings[rkeys[f]].diagnoses[name]
             out[f"{name}: P(pneumonia)"] = f"{d.probability:.3f}"
             out[f"{name}: label at {thresholds[name]:.3f}"] = label_for(d.probability, thresholds[name])
         return out
@@ -143,7 +155,7 @@ if dicom:
     st.caption(" · ".join(f"{k}: {v}" for k, v in dicom.items()))
 if ui.withheld_unless_asked(flagged.get(shown), key=f"dx_ood_{shown}"):
     st.stop()
-reading = readings[keys[shown]]
+reading = readings[rkeys[shown]]
 lungs = reading.lungs if show_lungs else None
 
 

@@ -1,7 +1,10 @@
 """Every dashboard page through Streamlit's AppTest (no browser)."""
 
+import io
+
 import numpy as np
 import pytest
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from tests.helpers import ROOT, encode, xray_like
@@ -107,6 +110,27 @@ def test_diagnose_withholds_an_unusual_image_until_asked(shipped_models):
     assert not [m for m in at.metric if m.label == "P(pneumonia)"]
     at.checkbox(key="dx_ood_drawing.png").check().run()
     _assert_diagnosed(at, len(shipped_models))
+
+
+def test_diagnose_withholds_a_film_whose_entered_age_is_an_adults(shipped_models, samples_dir):
+    """Part 6 for files that state no age (JPEG, PNG): the age a clinician enters withholds an adult's film; a child's
+    age, or none, does not; a DICOM header's own age wins over the entered one."""
+    from tests import inputs
+
+    at = _app()
+    jpeg = (samples_dir / "IM-0061-0001.jpeg").read_bytes()  # a pediatric film that passes the checks
+    at.file_uploader(key="dx_upload").set_value(("child.jpeg", jpeg, "image/jpeg")).run()
+    _assert_diagnosed(at, len(shipped_models))
+    at.number_input(key="dx_age").set_value(45).run()
+    assert not at.exception and "entered as 45 years" in at.warning[0].value
+    assert not [m for m in at.metric if m.label == "P(pneumonia)"]
+    at.number_input(key="dx_age").set_value(4).run()
+    _assert_diagnosed(at, len(shipped_models))
+
+    pixels = np.asarray(Image.open(io.BytesIO(jpeg)).convert("L").resize((224, 224)))
+    at.file_uploader(key="dx_upload").set_value(("four.dcm", inputs.dicom(pixels, age="004Y"), "application/dicom"))
+    at.number_input(key="dx_age").set_value(45).run()
+    _assert_diagnosed(at, len(shipped_models))  # the header says 4 years: the entered age does not apply
 
 
 def test_diagnose_reports_a_bad_file_and_scores_the_rest(shipped_models):

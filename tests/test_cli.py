@@ -52,13 +52,30 @@ def test_real_xray_lines_have_exactly_the_contract_fields(shipped_models, sample
     assert all(set(r) == {"file", "model", "probability", "label", "threshold", "lung_share"} for r in records)
 
 
+def test_an_entered_adult_age_withholds_files_that_state_none(shipped_models, samples_dir, tmp_path):
+    from PIL import Image
+
+    from tests import inputs
+
+    child = np.asarray(Image.open(samples_dir / "IM-0027-0001.jpeg").convert("L").resize((224, 224)))
+    (tmp_path / "four.dcm").write_bytes(inputs.dicom(child, age="004Y"))
+    proc = run_cli("--json", "--age", "45", "--model", shipped_models[0], samples_dir / "IM-0027-0001.jpeg",
+                   tmp_path / "four.dcm")
+    assert proc.returncode == 0, proc.stderr
+    jpeg, dicom = (json.loads(line) for line in proc.stdout.splitlines())
+    assert jpeg["ood"] is True and jpeg["reason"] == "an adult's film, by the age entered"
+    assert "entered as 45 years" in jpeg["warning"]
+    assert "ood" not in dicom  # its header states 4 years, and the file's own word wins
+
+
 def test_all_good_exits_zero_and_plain_text(files, shipped_models):
     proc = run_cli("--model", shipped_models[0], files / "good.png")
     assert proc.returncode == 0, proc.stderr
     assert "P(pneumonia)=" in proc.stdout
 
 
-@pytest.mark.parametrize("args, message", [(["--model", "nope", "x.png"], "unknown model"), ([], "no files")])
+@pytest.mark.parametrize("args, message", [(["--model", "nope", "x.png"], "unknown model"), ([], "no files"),
+                                           (["--age", "200", "x.png"], "not an age in years")])
 def test_usage_errors_exit_two(args, message, shipped_models):
     proc = run_cli(*args)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
