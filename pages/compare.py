@@ -6,6 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from core.dicom import Stated
 from core.errors import ImageDecodeError
 from core.evaluation import interval_text
 from core.gradcam import overlay
@@ -96,10 +97,14 @@ source = st.radio("Image", ["Test image by file name", "Upload"], horizontal=Tru
 gray, caption, facts = None, "", None
 if source == "Upload":
     upload = st.file_uploader("X-ray (JPEG, PNG, BMP, TIFF or DICOM)", key="cmp_upload")
+    entered_age = st.number_input("Patient's age in years, where the file does not state it (optional)", 0.0, 120.0,
+                                  None, 1.0, format="%g", key="cmp_age",
+                                  help="18 or more withholds the film: the models were trained on children aged one "
+                                       "to five.")
     if upload is not None:
         try:
             read = read_upload(upload.getvalue(), upload.name)
-            gray, caption, facts = read.gray, upload.name, read.stated
+            gray, caption, facts = read.gray, upload.name, (read.stated or Stated()).with_entered_age(entered_age)
         except ImageDecodeError as exc:
             st.error(str(exc))
 elif both is not None:

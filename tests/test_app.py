@@ -321,6 +321,17 @@ def test_compare_withholds_an_unusual_upload_until_asked(shipped_models):
     assert sum("P(pneumonia) =" in m.value for m in at.markdown) == len(shipped_models)
 
 
+def test_compare_withholds_an_upload_whose_entered_age_is_an_adults(shipped_models, samples_dir):
+    at = _app("pages/compare.py")
+    at.radio(key="cmp_source").set_value("Upload").run()
+    jpeg = (samples_dir / "IM-0061-0001.jpeg").read_bytes()
+    at.file_uploader(key="cmp_upload").set_value(("child.jpeg", jpeg, "image/jpeg")).run()
+    assert sum("P(pneumonia) =" in m.value for m in at.markdown) == len(shipped_models)
+    at.number_input(key="cmp_age").set_value(45).run()
+    assert not at.exception and "entered as 45 years" in at.warning[0].value
+    assert not any("P(pneumonia) =" in m.value for m in at.markdown)
+
+
 def test_metrics_page_shows_undefined_precision_and_the_exact_threshold(shipped_models):
     from core.registry import load_card
 
