@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     parser.add_argument("--blur-sigma", type=float, metavar="S",
                         help="Gaussian low-pass of the input (sigma in pixels) before equalisation, in training and "
                              "serving (written into the card; recipe v11)")
+    parser.add_argument("--no-equalize", dest="equalize", action="store_false", default=None,
+                        help="leave out the histogram equalisation the recipe has (in training and serving: written into "
+                             "the card; candidate v16)")
     parser.add_argument("--init-from", metavar="NAME",
                         help="start a two-stage recipe from the model NAME (in --out's folder) instead of the "
                              "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer_v11')")
@@ -82,7 +85,8 @@ def main(argv=None) -> int:
     recipe = get_recipe(args.recipe).with_overrides(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
-        blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid)
+        blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid,
+        equalize=args.equalize)
     if args.consistency_grid and get_recipe(args.recipe).kind not in FROZEN_KINDS:
         parser.error(f"'{args.recipe}' trains its backbone; --consistency-grid applies to frozen-backbone heads")
     if args.init_from and not get_recipe(args.recipe).init_from:
