@@ -67,6 +67,10 @@ AGE_WARNING = (
     "The file's DICOM header gives the patient's age as {age:g} years. The models were trained on chest X-rays of "
     "children aged one to five, so an adult's film is outside what they can read."
 )
+ENTERED_AGE_WARNING = (
+    "The patient's age was entered as {age:g} years. The models were trained on chest X-rays of children aged one to "
+    "five, so an adult's film is outside what they can read."
+)
 ADULT_AGE_YEARS = 18.0
 """A stated age from which a film is an adult's, and withheld (:func:`stated_age_note`)."""
 SIZE_WARNING = (
@@ -76,12 +80,6 @@ SIZE_WARNING = (
 )
 ADULT_LUNG_WIDTH_CM = 25.0
 """Lungs this wide or wider (both together, in cm, by the header's pixel size) are an adult's (docs/scope.md, v4)."""
-
-
-ENTERED_AGE_WARNING = (
-    "The patient's age was entered as {age:g} years. The models were trained on chest X-rays of children aged one to "
-    "five, so an adult's film is outside what they can read."
-)
 
 
 def stated_age_note(age_years: float | None, entered: bool = False) -> str | None:
