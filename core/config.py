@@ -224,7 +224,8 @@ RECIPES["lungfocus_ft"] = replace(
 
 # The v11 'transfer' is kept as 'transfer_v11': the stage 1 that 'finetuned' (v13) started from and is mixed with.
 # v14 (docs/lungs.md, section 10) added a penalty on its logit's change under re-encoding ('transfer_v14', shipped
-# until v15); v15 (section 11) is the v11 recipe on a stronger low-pass (sigma 3 px), and is 'transfer'.
+# until v15); v15 (section 11) is the v11 recipe on a stronger low-pass (sigma 3 px), and v16 (section 12) is v15
+# without histogram equalisation, 'transfer'.
 V11_TRANSFER_NOTES = RECIPES["transfer"].notes
 RECIPES["transfer_v11"] = replace(
     RECIPES["transfer"], name="transfer_v11",
@@ -242,6 +243,19 @@ RECIPES["transfer"] = replace(
     notes=[*(n for n in V11_TRANSFER_NOTES if n != BLUR_NOTE), BLUR_NOTE.replace("sigma 2 px", "sigma 3 px"),
            "v15 (docs/lungs.md, section 11): the v11 recipe with the input blurred at sigma 3 px rather than 2, which "
            "keeps about 6 % of the amplitude of JPEG's 8 x 8 blocks rather than 29 %."])
+# v16 (section 12): v15 without histogram equalisation; v15 is kept as 'transfer_v15'
+RECIPES["transfer_v15"] = replace(
+    RECIPES["transfer"], name="transfer_v15",
+    notes=[*RECIPES["transfer"].notes, "The 'transfer' that shipped in v15 (docs/lungs.md, section 11); replaced by v16."])
+NO_EQUALIZE_NOTE = (
+    "v16 (docs/lungs.md, section 12): no histogram equalisation. Equalising stretched the grey levels where the "
+    "histogram is dense, the lung fields, and with them whatever a file's encoding changed there (about twice the "
+    "input's change); the blurred image is only normalised. Exposure and contrast are no longer evened out."
+)
+RECIPES["transfer"] = replace(
+    RECIPES["transfer"], equalize=False,
+    notes=[n.replace(" before equalisation", "") for n in RECIPES["transfer"].notes if n != EQUALIZE_NOTE]
+    + [NO_EQUALIZE_NOTE])
 RECIPES["finetuned"] = replace(
     RECIPES["finetuned"], init_from="transfer_v11",
     notes=[n.replace("the trained 'transfer' model (head on the frozen backbone)",

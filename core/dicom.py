@@ -170,10 +170,11 @@ class Stated:
     age_entered: bool = False
 
     def with_entered_age(self, age_years: float | None) -> Stated:
-        """These facts with an age the user entered, where the file states none (the file's own word wins)."""
+        """These facts with an age the user entered, where the file states none (the file's own word wins); capped at
+        90 like the header's, so that no message or report carries an age that identifies."""
         if age_years is None or self.age_years is not None:
             return self
-        return replace(self, age_years=float(age_years), age_entered=True)
+        return replace(self, age_years=min(float(age_years), 90.0), age_entered=True)
 
 
 def stated(summary: dict | None) -> Stated | None:

@@ -175,6 +175,10 @@ def test_the_header_pixel_size_gives_the_image_width_in_cm():
         assert WIDTH_KEY not in read(spacing=implausible).dicom
     assert read(spacing=(0.0, 0.0), imager_spacing=(0.2, 0.2)).dicom[WIDTH_FROM_KEY] == "ImagerPixelSpacing"
     assert read().stated == Stated() and stated(None) is None
+    # an entered age applies only where the header states none, capped at 90 like the header's
+    assert calibrated.stated.with_entered_age(45) == calibrated.stated
+    assert Stated().with_entered_age(97) == Stated(age_years=90.0, age_entered=True)
+    assert Stated().with_entered_age(None) == Stated()
 
 
 def test_lungs_an_adults_width_across_are_withheld_by_the_header_pixel_size():

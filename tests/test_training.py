@@ -71,13 +71,16 @@ def test_an_interrupted_run_keeps_its_time_and_resumes(tmp_path, monkeypatch):
 def test_recipes_are_complete():
     ft = RECIPES["finetuned"]
     # v11 (docs/lungs.md, section 7): transfer on blurred input, its head on re-encoded views too; v15 (section 11):
-    # the same on a sigma-3 low-pass
+    # the same on a sigma-3 low-pass; v16 (section 12): v15 without equalisation, and its notes no longer claim it
     tr = RECIPES["transfer"]
-    assert tr.blur_sigma == 3.0 and tr.encoding_augment and tr.equalize and not tr.trainable_top_layers
-    assert replace(tr, name="transfer_v11", blur_sigma=2.0, notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
+    assert tr.blur_sigma == 3.0 and tr.encoding_augment and not tr.equalize and not tr.trainable_top_layers
+    assert not any("equalis" in n and "no histogram equalisation" not in n for n in tr.notes)
+    v15 = RECIPES["transfer_v15"]
+    assert replace(tr, name="transfer_v15", equalize=True, notes=[]) == replace(v15, notes=[])
+    assert replace(v15, name="transfer_v11", blur_sigma=2.0, notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
-    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "finetuned",
+    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15", "finetuned",
                             "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus", "lungfocus_ft"}
     # v14 (section 10): v11's with the consistency grid; 'finetuned' still starts from v11's
     v14 = RECIPES["transfer_v14"]
@@ -171,11 +174,11 @@ def test_cached_backbone_features_are_reused_only_for_the_same_settings(tmp_path
     recipe = get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25)
     train(recipe, data, out_root=tmp_path / "models")
     with np.load(run / "features.npz") as f:
-        assert json.loads(str(f["key"]))["equalize"] is True
+        assert json.loads(str(f["key"]))["equalize"] is False  # v16 'transfer' does not equalise
     (run / "state.json").unlink()  # as if the run had been killed before it finished
-    train(recipe.with_overrides(equalize=False), data, out_root=tmp_path / "models")
+    train(recipe.with_overrides(equalize=True), data, out_root=tmp_path / "models")
     with np.load(run / "features.npz") as f:
-        assert json.loads(str(f["key"]))["equalize"] is False
+        assert json.loads(str(f["key"]))["equalize"] is True
 
 
 def test_soup_trains_each_seed_on_one_split_and_averages_the_weights(tmp_path, monkeypatch):
