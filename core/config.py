@@ -266,6 +266,30 @@ RECIPES["finetuned"] = replace(
            for n in RECIPES["finetuned"].notes])
 
 
+# v17 (section 13): 'finetuned' without histogram equalisation in both stages; its stage 1 is 'transfer_v17' (the v11
+# 'transfer' without it); v13 is kept as 'finetuned_v13'
+RECIPES["finetuned_v13"] = replace(
+    RECIPES["finetuned"], name="finetuned_v13",
+    notes=[*RECIPES["finetuned"].notes, "The 'finetuned' that shipped in v13 (docs/lungs.md, section 9); replaced by v17."])
+RECIPES["transfer_v17"] = replace(
+    RECIPES["transfer_v11"], name="transfer_v17", equalize=False,
+    notes=[n.replace(" before equalisation", "") for n in V11_TRANSFER_NOTES if n != EQUALIZE_NOTE]
+    + [NO_EQUALIZE_NOTE.replace("v16 (docs/lungs.md, section 12)", "v17 (docs/lungs.md, section 13)"),
+       "The stage 1 of 'finetuned' since v17; train it with --out DIR, then 'finetuned' with the same --out."])
+RECIPES["finetuned"] = replace(
+    RECIPES["finetuned"], init_from="transfer_v17", equalize=False,
+    notes=[n.replace("'transfer_v11' model (the v11 'transfer',", "'transfer_v17' model (the v11 'transfer' without "
+                     "equalisation,")
+            .replace("(recipe 'transfer_v11'; 'transfer' has shipped other recipes since, sections 10-11)",
+                     "(since v17 without equalisation: recipe 'transfer_v17'; 'transfer' has shipped other recipes "
+                     "since, sections 10-12)")
+            .replace("'transfer_v11' weights", "'transfer_v17' weights")
+            .replace("with the highest validation ROC AUC.", "with the highest validation ROC AUC in v12, kept in v17 "
+                     "(where alpha 0, the stage 1 alone and no fine-tuned model, scored 0.0004 higher: section 13).")
+            .replace(" before equalisation", "")
+           for n in RECIPES["finetuned"].notes if n != EQUALIZE_NOTE]
+    + [NO_EQUALIZE_NOTE.replace("v16 (docs/lungs.md, section 12)", "v17 (docs/lungs.md, section 13)")])
+
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""
     if name not in RECIPES:

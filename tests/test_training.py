@@ -80,13 +80,20 @@ def test_recipes_are_complete():
     assert replace(v15, name="transfer_v11", blur_sigma=2.0, notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
-    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15", "finetuned",
+    assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15", "transfer_v17", "finetuned", "finetuned_v13",
                             "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus", "lungfocus_ft"}
     # v14 (section 10): v11's with the consistency grid; 'finetuned' still starts from v11's
     v14 = RECIPES["transfer_v14"]
     assert v14.consistency_grid == (0.0, 1.0, 3.0, 10.0, 30.0, 100.0) and not tr.consistency_grid
-    assert ft.init_from == "transfer_v11" and replace(v14, name="transfer_v11", consistency_grid=(),
-                                                      notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
+    assert replace(v14, name="transfer_v11", consistency_grid=(), notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
+    # v17 (section 13): 'finetuned' without equalisation in both stages, from 'transfer_v17'; v13 kept, from v11's
+    assert ft.init_from == "transfer_v17" and not ft.equalize and RECIPES["finetuned_v13"].init_from == "transfer_v11"
+    assert replace(ft, name="finetuned_v13", init_from="transfer_v11", equalize=True, notes=[]) == \
+        replace(RECIPES["finetuned_v13"], notes=[])
+    assert replace(RECIPES["transfer_v17"], name="transfer_v11", equalize=True, notes=[]) == \
+        replace(RECIPES["transfer_v11"], notes=[])
+    assert not any("equalis" in n and "no histogram equalisation" not in n and "without equalisation" not in n
+                   for n in ft.notes + RECIPES["transfer_v17"].notes)
     assert not RECIPES["lungfocus"].consistency_grid
     # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
     v10 = RECIPES["lungfocus_ft"]
@@ -111,16 +118,17 @@ def test_recipes_are_complete():
     assert same(lf) == same(v6)
     assert (ft.learning_rate, ft.label_smoothing, ft.dropout, ft.class_weights) == (1e-4, 0.1, 0.5, True)
     # v13 (docs/lungs.md, section 9): v6 on blurred, re-encoded input from the v11 transfer; two runs, WiSE-FT 0.25
-    assert ft.trainable_top_layers == 41 and ft.init_from == "transfer_v11" and ft.blur_sigma == 2.0 and ft.encoding_augment
-    assert (ft.soup_seeds, ft.wise_ft_alpha) == ((42, 43), 0.25)
+    v13 = RECIPES["finetuned_v13"]
+    assert v13.trainable_top_layers == 41 and v13.init_from == "transfer_v11" and v13.blur_sigma == 2.0
+    assert v13.encoding_augment and (v13.soup_seeds, v13.wise_ft_alpha) == ((42, 43), 0.25)
     differs = ("name", "notes", "blur_sigma", "encoding_augment", "init_from", "soup_seeds", "wise_ft_alpha",
                "wise_ft_alpha_choice")
-    assert {k: v for k, v in ft.to_dict().items() if k not in differs} == \
+    assert {k: v for k, v in v13.to_dict().items() if k not in differs} == \
         {k: v for k, v in v6.to_dict().items() if k not in differs}
     # v6 started from the transfer of before v11, kept as transfer_v1 (fed as v6 is)
     assert v6.init_from == "transfer_v1" and (v6.soup_seeds, v6.wise_ft_alpha) == ((42, 43, 44, 45), 0.5)
     v1 = RECIPES["transfer_v1"]
-    assert not v1.blur_sigma and not v1.encoding_augment and v1.equalize == v6.equalize == ft.equalize
+    assert not v1.blur_sigma and not v1.encoding_augment and v1.equalize == v6.equalize == v13.equalize
     with pytest.raises(KeyError, match="Available"):
         get_recipe("resnet")
 
@@ -135,15 +143,15 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=16)
     out = tmp_path / "models"
-    train(get_recipe("transfer_v11").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
-    transfer_card = load_card("transfer_v11", out)
+    train(get_recipe("transfer_v17").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    transfer_card = load_card("transfer_v17", out)
     assert transfer_card.trainable_parameters_in_training == 1281  # the head only
     # one stage-2 run, not the recipe's two-seed soup (soups have their own test below)
     train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=()), data,
           out_root=out)
     card = load_card("finetuned", out)
-    assert card.initialised_from == {"model": "transfer_v11", "sha256": transfer_card.weights_sha256}
-    before, after = load_keras_model("transfer_v11", out), load_keras_model("finetuned", out)
+    assert card.initialised_from == {"model": "transfer_v17", "sha256": transfer_card.weights_sha256}
+    before, after = load_keras_model("transfer_v17", out), load_keras_model("finetuned", out)
     changed = lambda layer: not np.allclose(before.get_layer(layer).get_weights()[0],  # noqa: E731
                                             after.get_layer(layer).get_weights()[0])
     assert changed("top_conv") and changed("logit")
