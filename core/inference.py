@@ -148,15 +148,15 @@ class Upload:
     raw: RawImage | None = None  # its values before any window (DICOM, 16-bit files), for the viewer's window
 
     @property
-    def stated(self) -> Stated | None:
-        """What the DICOM header states that the checks use: the patient's age, the image's width in cm (``None``:
-        not DICOM)."""
-        return stated(self.dicom)
+    def stated(self) -> Stated:
+        """What the DICOM header states that the checks use: the patient's age, the image's width in cm (nothing for a
+        file that is not DICOM)."""
+        return stated(self.dicom) or Stated()
 
     @property
     def stated_age(self) -> float | None:
         """The patient's age in years as the DICOM header states it (``None``: not DICOM, or not stated)."""
-        return self.stated.age_years if self.dicom is not None else None
+        return self.stated.age_years
 
 
 def read_upload(data: bytes, filename: str | None = None, max_bytes: int | None = None) -> Upload:

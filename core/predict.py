@@ -25,7 +25,6 @@ import numpy as np
 from PIL import Image
 
 from core import inference
-from core.dicom import Stated
 from core.errors import ImageDecodeError
 from core.gradcam import overlay
 from core.ood import OODCheck
@@ -83,7 +82,7 @@ def main(argv=None) -> int:
                 uploads[index] = str(exc)
         good = [i for i, _ in chunk if not isinstance(uploads[i], str)]
         found = inference.score([uploads[i].gray for i in good], models, guard, lungs,
-                                stated=[(uploads[i].stated or Stated()).with_entered_age(args.age) for i in good])
+                                stated=[uploads[i].stated.with_entered_age(args.age) for i in good])
         readings = dict(zip(good, found, strict=True))
         for index, path in chunk:
             if index not in readings:

@@ -149,9 +149,9 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
     """The guard's check and the lungs (when ``check``) and each named model's diagnosis of each image
     (key -> 224 x 224 gray), computed once while the image stays in ``slot``.
 
-    ``stated``: what each image's file states (``Upload.stated``): the check withholds a film whose header gives an
-    adult's age, or a pixel size by which its lungs are an adult's width. Kept in this session's memory (never on disk), so moving a widget redraws the page without
-    scoring again; images no longer given are forgotten. What is missing is scored in one
+    ``stated``: what is stated about each image (``Upload.stated``, perhaps with an entered age): the check withholds
+    a film stated to be an adult's, or whose lungs are an adult's width by its header's pixel size. Kept in this
+    session's memory (never on disk), so moving a widget redraws the page without scoring again; images no longer given are forgotten. What is missing is scored in one
     :func:`core.inference.score` call per set of missing pieces.
     """
     held = _slot(slot, images)
@@ -173,7 +173,8 @@ def session_readings(slot: str, images: dict[str, np.ndarray], names=(), check: 
             for k in images}
 
 
-def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False, stated: Stated | None = None) -> ImageReading:
+def one_reading(slot: str, gray: np.ndarray, names=(), check: bool = False,
+                stated: Stated | None = None) -> ImageReading:
     """:func:`session_readings` of one image (the slot holds only it)."""
     key = content_key(slot if stated is None else f"{slot} {stated}", gray)  # the same pixels, another header
     return session_readings(slot, {key: gray}, names, check, {key: stated})[key]

@@ -6,7 +6,6 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.dicom import Stated
 from core.errors import ImageDecodeError
 from core.evaluation import interval_text
 from core.gradcam import overlay
@@ -104,7 +103,7 @@ if source == "Upload":
     if upload is not None:
         try:
             read = read_upload(upload.getvalue(), upload.name)
-            gray, caption, facts = read.gray, upload.name, (read.stated or Stated()).with_entered_age(entered_age)
+            gray, caption, facts = read.gray, upload.name, read.stated.with_entered_age(entered_age)
         except ImageDecodeError as exc:
             st.error(str(exc))
 elif both is not None:

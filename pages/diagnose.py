@@ -11,7 +11,6 @@ import streamlit as st
 
 from core.cards import recommended
 from core.case_report import ReportModel, case_report
-from core.dicom import Stated
 from core.gradcam import colour_bar, overlay
 from core.inference import label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
@@ -104,8 +103,7 @@ if progress:
 # an adult's age (in the DICOM header, else as entered), or a pixel size by which the lungs are an adult's width,
 # withholds the film like any other out-of-scope image; a reading is kept per file and what is stated about it
 order = {f: i for i, (f, _) in enumerate(files)}
-facts = {f: (read[keys[f]].stated or Stated()).with_entered_age(entered_age if order[f] < uploaded else None)
-         for f in usable}
+facts = {f: read[keys[f]].stated.with_entered_age(entered_age if order[f] < uploaded else None) for f in usable}
 rkeys = {f: f"{keys[f]}\0{facts[f]}" for f in usable}
 readings = ui.session_readings("dx_readings", {rkeys[f]: read[keys[f]].gray for f in usable}, selected, check=True,
                                stated={rkeys[f]: facts[f] for f in usable})
