@@ -1,4 +1,4 @@
-"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--finer-maps] [--lungs] [--models-dir DIR] [--data-dir D]``
+"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--finer-maps] [--lungs] [--input-change [--images N] [--blur-sigma S]] [--models-dir DIR] [--data-dir D]``
 
 Scores the official test set: writes ``models/<name>/test_predictions.csv`` (filename, label,
 probability) and ``metrics.json``, which holds, where the lung masks are present, how the model's
@@ -7,7 +7,9 @@ adds it to ``metrics.json``, leaving the predictions as they are. ``--invariance
 model's answer moves with the file's encoding and resolution (``models/invariance.json``, see
 :mod:`core.invariance`; with ``--split val``, on the validation split: ``invariance-val.json``, the rule for
 candidates); with ``--model NAME`` it re-measures that model and keeps the other models' rows of the file. ``--models-dir DIR`` reads candidates written by ``python -m core.train --out DIR``. ``--lungs`` measures the lung segmenter's Dice on the test masks
-(``models/lungs/metrics.json``). Nothing here is tuned: thresholds come from the model cards, chosen on
+(``models/lungs/metrics.json``). ``--input-change`` measures, on validation images and for the ImageNet backbone
+alone, how much of each served variant's change reaches the input and the pooled features when the blur is followed
+by nothing, histogram equalisation or a linear stretch (``models/input-change-val.json``; docs/lungs.md §12). Nothing here is tuned: thresholds come from the model cards, chosen on
 validation data.
 """
 
@@ -30,9 +32,9 @@ from core.data import find_data_dir, fingerprint, list_split, load_images, split
 from core.evaluation import full_report, interval_text, metrics_at
 from core.gradcam import GradCam, border_share, central_share
 from core.inference import load_model, read_upload, score
-from core.invariance import invariance_table, measure
+from core.invariance import input_change, input_change_table, invariance_table, measure
 from core.lungs import dice, explanation_quality, find_mask_dir, implausible_lungs, load_masks
-from core.ood import OODCheck
+from core.ood import OODCheck, feature_extractor
 from core.registry import (
     available_models,
     guard_files,
@@ -202,6 +204,13 @@ def main(argv=None) -> int:
                         help="measure how answers move with encoding and resolution (writes models/invariance.json)")
     parser.add_argument("--finer-maps", action="store_true",
                         help="compare finer Grad-CAM layers and HiResCAM on the validation split (writes nothing)")
+    parser.add_argument("--input-change", action="store_true",
+                        help="how much of each variant's change reaches the ImageNet backbone's input and features, "
+                             "by what follows the blur (validation images; writes models/input-change-val.json)")
+    parser.add_argument("--images", type=int, default=240, metavar="N",
+                        help="--input-change: how many validation images, drawn at random (seed 0; default 240)")
+    parser.add_argument("--blur-sigma", type=float, default=3.0, metavar="S",
+                        help="--input-change: the blur before the treatments, in pixels (default 3, as 'transfer')")
     parser.add_argument("--models-dir", type=Path, metavar="DIR",
                         help="read the models (and their guard and segmenter) from DIR instead of models/, e.g. a "
                              "candidate written by 'python -m core.train --out DIR'")
@@ -222,6 +231,8 @@ def main(argv=None) -> int:
         return 0
     if args.invariance:
         return _invariance(chosen, root, args.split, find_data_dir(args.data_dir))
+    if args.input_change:
+        return _input_change(args.images, args.blur_sigma, root, find_data_dir(args.data_dir))
     if args.finer_maps:
         for name in [n for n in chosen if load_card(n, root).backbone]:
             for variant, e in finer_maps_summary(name, args.data_dir, root).items():
@@ -265,6 +276,21 @@ def _invariance(chosen: list[str], root: Path | None, split: str, data_dir: Path
         result = merge_invariance(json.loads(out.read_text()), result)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(invariance_table(result))
+    return 0
+
+
+def _input_change(n: int, sigma: float, root: Path | None, data_dir: Path) -> int:
+    """``--input-change``: ``n`` validation images (the recipes' split: 10 %, seed 42), drawn with seed 0."""
+    if n < 2 or sigma < 0:
+        print("--images needs at least 2 and --blur-sigma at least 0.", file=sys.stderr)
+        return 2
+    _, val = split_train_val(list_split(data_dir, "train"), 0.1, 42)
+    chosen = sorted(np.random.default_rng(0).choice(len(val), size=min(n, len(val)), replace=False))
+    copies = load_images([val[i] for i in chosen])
+    result = input_change(copies, sigma, features=feature_extractor())
+    result["split"] = "validation"
+    invariance_file(root).with_name("input-change-val.json").write_text(json.dumps(result, indent=1) + "\n")
+    print(input_change_table(result))
     return 0
 
 

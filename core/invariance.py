@@ -19,13 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from core.augment import VARIANTS, encode_variant
+from core.augment import VARIANTS, encode_variant, served_variant
 from core.data import Sample, list_split
 from core.inference import LoadedModel, read_upload, score
 from core.ood import OODCheck
+from core.preprocessing import equalize, low_pass
 from core.segmenter import LungSegmenter
 
-__all__ = ["BARS", "compare", "measure", "invariance_table"]
+__all__ = ["BARS", "TREATMENTS", "compare", "measure", "invariance_table", "stretch", "input_change",
+           "input_change_table"]
 
 
 BARS = {"mean_abs_dp": 0.02, "label_agreement": 0.99}
@@ -107,3 +109,68 @@ def invariance_table(result: dict) -> str:
 
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def stretch(gray: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarray:
+    """A linear grey-level stretch of uint8 image(s) ``(H, W)`` or ``(N, H, W)``, each on its own: its ``low``-th
+    percentile to 0 and its ``high``-th to 255, clipped and rounded. Not used by any shipped model: the
+    comparison in :func:`input_change` between equalisation and doing nothing."""
+    gray = np.asarray(gray)
+    if gray.ndim == 3:
+        return np.stack([stretch(g, low, high) for g in gray]) if len(gray) else gray.copy()
+    lo, hi = np.percentile(gray, [low, high])
+    if hi <= lo:
+        return gray.copy()
+    return np.clip(np.rint((gray.astype(np.float64) - lo) * 255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+
+
+TREATMENTS = {"blurred only": lambda g: g, "equalised": equalize, "stretched 1-99 %": stretch}
+"""What follows the blur in :func:`input_change`: nothing (as every shipped model since v16-v17 but the
+checks), histogram equalisation (as before), or a linear stretch (the middle way)."""
+
+
+def input_change(copies: np.ndarray, sigma: float, variants=tuple(VARIANTS), features=None) -> dict:
+    """How much of a file's encoding reaches a model's input, by what the input does after the blur.
+
+    ``copies`` are 224 x 224 uint8 images; each is served as every variant (decoded and squashed back, as
+    an upload) and both are blurred at ``sigma`` and then given each of :data:`TREATMENTS`. Per variant and
+    treatment: the mean absolute difference of the two inputs in grey levels, and, given ``features`` (a
+    function from such uint8 images to pooled backbone features, e.g. :func:`core.ood.feature_extractor`),
+    the mean distance between an image's and its variant's features over the mean distance of the copies'
+    features to their centre (0: the features do not move; 1: as far as images lie apart)."""
+    copies = np.asarray(copies, np.uint8)
+    blurred = low_pass(copies, sigma) if sigma else copies
+    base = {t: f(blurred) for t, f in TREATMENTS.items()}
+    spread = {}
+    if features is not None:
+        for t, view in base.items():
+            f0 = features(view)
+            spread[t] = (f0, float(np.linalg.norm(f0 - f0.mean(axis=0), axis=1).mean()))
+    out = {"images": len(copies), "blur_sigma": sigma, "variants": {}}
+    for variant in variants:
+        served = np.stack([served_variant(g, variant) for g in copies])
+        served = low_pass(served, sigma) if sigma else served
+        row = {}
+        for t, f in TREATMENTS.items():
+            view = f(served)
+            row[t] = {"input_change": float(np.abs(view.astype(np.float64) - base[t]).mean())}
+            if t in spread:
+                f0, s = spread[t]
+                row[t]["feature_move"] = float(np.linalg.norm(features(view) - f0, axis=1).mean() / s)
+        out["variants"][variant] = row
+    return out
+
+
+def input_change_table(result: dict) -> str:
+    """Markdown: one row per variant, the input's change (and the features' move) per treatment."""
+    treatments = list(TREATMENTS)
+    with_features = any("feature_move" in r for v in result["variants"].values() for r in v.values())
+    head = [f"input change: {t}" for t in treatments] + ([f"feature move: {t}" for t in treatments]
+                                                       if with_features else [])
+    lines = ["| variant | " + " | ".join(head) + " |", "|---" * (len(head) + 1) + "|"]
+    for variant, row in result["variants"].items():
+        cells = [f"{row[t]['input_change']:.3f}" for t in treatments]
+        if with_features:
+            cells += [f"{row[t]['feature_move']:.3f}" for t in treatments]
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -124,3 +124,45 @@ def test_re_measuring_one_model_keeps_the_others_rows_of_the_invariance_file():
     other = run({"b": 0.05}, 0.02)
     other["images"] = 522  # another image set (e.g. validation): nothing of the earlier file is kept
     assert merge_invariance(earlier, other) == other
+
+
+def test_stretch_maps_the_percentiles_to_the_full_range():
+    from core.invariance import stretch
+
+    ramp = np.tile(np.arange(40, 141, dtype=np.uint8), (10, 1))
+    out = stretch(ramp)
+    assert out.min() == 0 and out.max() == 255 and np.all(np.diff(out[0].astype(int)) >= 0)
+    flat = np.full((8, 8), 77, np.uint8)
+    assert np.array_equal(stretch(flat), flat) and np.array_equal(stretch(np.stack([ramp, ramp]))[1], out)
+
+
+def test_input_change_measures_each_treatment_and_the_features_move():
+    """`python -m core.evaluate --input-change` (docs/lungs.md §12): JPEG 50 changes the input more than JPEG 95,
+    and the feature move is the variant's mean feature distance over the copies' spread."""
+    from core.invariance import TREATMENTS, input_change, input_change_table
+
+    copies = np.stack([xray_like(224, 224, seed=s) for s in range(4)])
+    calls = []
+
+    def features(view):  # a linear stand-in for the backbone, so the expected move can be computed here
+        calls.append(view)
+        return view.reshape(len(view), -1)[:, ::97].astype(np.float64)
+
+    r = input_change(copies, 3.0, variants=("jpeg_q50", "jpeg_q95"), features=features)
+    assert r["images"] == 4 and set(r["variants"]) == {"jpeg_q50", "jpeg_q95"}
+    for t in TREATMENTS:
+        assert r["variants"]["jpeg_q50"][t]["input_change"] > r["variants"]["jpeg_q95"][t]["input_change"] > 0
+    # the equalised copies come second (TREATMENTS' order), then each variant's three treatments
+    f0, f1 = features(calls[1]), features(calls[3 + 1])
+    spread = np.linalg.norm(f0 - f0.mean(axis=0), axis=1).mean()
+    expected = np.linalg.norm(f1 - f0, axis=1).mean() / spread
+    assert r["variants"]["jpeg_q50"]["equalised"]["feature_move"] == pytest.approx(expected)
+    assert "feature move: equalised" in input_change_table(r)
+    assert "feature_move" not in input_change(copies, 0, variants=("jpeg_q95",))["variants"]["jpeg_q95"]["equalised"]
+
+
+def test_input_change_refuses_too_few_images(tmp_path, data_dir, capsys):
+    from core.evaluate import main
+
+    assert main(["--input-change", "--images", "1", "--models-dir", str(tmp_path), "--data-dir", str(data_dir)]) == 2
+    assert "--images needs at least 2" in capsys.readouterr().err and not list(tmp_path.iterdir())
