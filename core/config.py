@@ -290,6 +290,18 @@ RECIPES["finetuned"] = replace(
            for n in RECIPES["finetuned"].notes if n != EQUALIZE_NOTE]
     + [NO_EQUALIZE_NOTE.replace("v16 (docs/lungs.md, section 12)", "v17 (docs/lungs.md, section 13)")])
 
+# v19 (section 15): 'baseline' on the sigma-3 low-pass; v11's is kept as 'baseline_v11'
+SIGMA3_NOTE = ("v19 (docs/lungs.md, section 15): the input blurred at sigma 3 px rather than 2, as 'transfer' since v15, "
+               "which keeps about 6 % of the amplitude of JPEG's 8 x 8 blocks rather than 29 %.")
+RECIPES["baseline_v11"] = replace(
+    RECIPES["baseline"], name="baseline_v11",
+    notes=[*RECIPES["baseline"].notes, "The 'baseline' that shipped in v11 (docs/lungs.md, section 7); replaced by v19."])
+RECIPES["baseline"] = replace(
+    RECIPES["baseline"], blur_sigma=3.0,
+    notes=[BLUR_NOTE.replace("sigma 2 px) before equalisation", "sigma 3 px)") if n == BLUR_NOTE else n
+           for n in RECIPES["baseline"].notes] + [SIGMA3_NOTE])
+
+
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""
     if name not in RECIPES:

@@ -81,7 +81,13 @@ def test_recipes_are_complete():
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
     assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15",
-                            "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus", "lungfocus_ft"}
+                            "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
+                            "lungfocus_ft", "baseline_v11"}
+    # v19 (section 15): 'baseline' on the sigma-3 low-pass, v11's kept; its notes say sigma 3 and no equalisation
+    bl = RECIPES["baseline"]
+    assert bl.blur_sigma == 3.0 and replace(bl, name="baseline_v11", blur_sigma=2.0, notes=[]) == \
+        replace(RECIPES["baseline_v11"], notes=[])
+    assert any("sigma 3 px" in n for n in bl.notes) and not any("sigma 2 px" in n or "equalis" in n for n in bl.notes)
     # v14 (section 10): v11's with the consistency grid; 'finetuned' still starts from v11's
     v14 = RECIPES["transfer_v14"]
     assert v14.consistency_grid == (0.0, 1.0, 3.0, 10.0, 30.0, 100.0) and not tr.consistency_grid
