@@ -31,6 +31,7 @@ class Recipe:
     contrast: float = 0.0
     central_erasing: float = 0.0  # probability of blanking the central third (mediastinum)
     encoding_augment: bool = False  # re-encode training images as other files would bring them (core.augment)
+    encoded_views: int = 3  # frozen backbone with encoding_augment: re-encoded views per training image (v20: 6)
     equalize: bool = False  # histogram-equalise each image before normalisation (train and serve)
     # > 0: the model sees only the lungs dilated by this many pixels (train: human masks, serve: the segmenter's)
     lung_margin: int = 0
@@ -67,6 +68,8 @@ class Recipe:
         d["consistency_grid"] = list(self.consistency_grid)
         if not self.consistency_grid:  # runs and cached features from before v14 keep their settings
             del d["consistency_grid"]
+        if self.encoded_views == 3:  # and those from before v20
+            del d["encoded_views"]
         return d
 
     def with_overrides(self, **changes) -> Recipe:

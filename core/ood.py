@@ -45,6 +45,8 @@ __all__ = [
     "OODResult",
     "OODCheck",
     "OODGuard",
+    "KNNGuard",
+    "fit_knn_guard",
     "fit_guard",
     "load_guard",
     "feature_extractor",
@@ -191,13 +193,57 @@ class OODGuard:
     def save(self, folder: Path, card: dict) -> None:
         """Write ``guard.npz`` and its card; the scope check's record in an earlier card is kept (it does not
         depend on the guard, and its file stays)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        earlier = folder / "card.json"
-        if earlier.exists() and "scope" in (old := json.loads(earlier.read_text())) and "scope" not in card:
-            card = {**card, "scope": old["scope"]}
-        np.savez_compressed(folder / "guard.npz", mean=self.mean, components=self.components,
-                            variances=self.variances, residual_scale=self.residual_scale, cutoff=self.cutoff)
-        write_card(folder, {**card, "weights_file": "guard.npz", "weights_sha256": sha256_file(folder / "guard.npz")})
+        _save_guard(folder, card, mean=self.mean, components=self.components, variances=self.variances,
+                    residual_scale=self.residual_scale, cutoff=self.cutoff)
+
+
+@dataclass
+class KNNGuard:
+    """Distance to the ``k``-th nearest training X-ray among unit-length pooled features (checks v5,
+    docs/scope.md; Sun et al., ICML 2022): how densely the training X-rays lie around an image, with no
+    shape assumed. The training rows are kept projected on their top principal components, in float16."""
+
+    mean: np.ndarray  # (D,) mean of the unit-length training rows
+    components: np.ndarray  # (K, D)
+    bank: np.ndarray  # (N, K) the training rows, centred and projected
+    k: int
+    cutoff: float
+
+    def __post_init__(self):
+        self._bank = np.asarray(self.bank, np.float32)
+        self._bank_sq = np.sum(self._bank**2, axis=1)
+
+    def project(self, features: np.ndarray) -> np.ndarray:
+        """``(N, D)`` feature rows scaled to unit length, centred and projected: ``(N, K)``."""
+        f = np.atleast_2d(np.asarray(features, np.float32))
+        f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+        return (f - self.mean) @ np.asarray(self.components, np.float32).T
+
+    def score(self, features: np.ndarray, chunk: int = 256) -> np.ndarray:
+        """Distance of each ``(N, D)`` feature row to its ``k``-th nearest training row (higher = stranger)."""
+        q = self.project(features)
+        out = np.empty(len(q), np.float32)
+        for i in range(0, len(q), chunk):
+            part = q[i : i + chunk]
+            d2 = np.sum(part**2, axis=1)[:, None] - 2.0 * part @ self._bank.T + self._bank_sq[None]
+            out[i : i + chunk] = np.sqrt(np.maximum(np.partition(d2, self.k - 1, axis=1)[:, self.k - 1], 0.0))
+        return out
+
+    def save(self, folder: Path, card: dict) -> None:
+        """Write ``guard.npz`` and its card, as :meth:`OODGuard.save`."""
+        _save_guard(folder, card, method="knn", mean=self.mean, components=self.components,
+                    bank=np.asarray(self.bank, np.float16), k=self.k, cutoff=self.cutoff)
+
+
+def _save_guard(folder: Path, card: dict, **arrays) -> None:
+    """``guard.npz`` from ``arrays`` and its card; the scope check's record in an earlier card is kept (it does not
+    depend on the guard, and its file stays)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    earlier = folder / "card.json"
+    if earlier.exists() and "scope" in (old := json.loads(earlier.read_text())) and "scope" not in card:
+        card = {**card, "scope": old["scope"]}
+    np.savez_compressed(folder / "guard.npz", **arrays)
+    write_card(folder, {**card, "weights_file": "guard.npz", "weights_sha256": sha256_file(folder / "guard.npz")})
 
 
 class OODCheck:
@@ -268,8 +314,23 @@ def fit_guard(train_features: np.ndarray, val_features: np.ndarray, n_components
     return guard
 
 
-def load_guard(root: Path | None = None) -> OODGuard | None:
-    """The shipped guard, or ``None`` when absent. Checks the sha256 in its card.
+def fit_knn_guard(train_features: np.ndarray, val_features: np.ndarray, k: int = 10, n_components: int = 128,
+                  pass_rate: float = 0.995) -> KNNGuard:
+    """Checks v5: the training rows scaled to unit length, centred and projected on their top ``n_components``
+    principal components (kept in float16); cut-off so ``pass_rate`` of validation rows pass."""
+    f = np.asarray(train_features, np.float64)
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    mean = f.mean(axis=0)
+    _, _, vt = np.linalg.svd(f - mean, full_matrices=False)
+    components = vt[:n_components].astype(np.float32)
+    bank = ((f - mean) @ vt[:n_components].T).astype(np.float16)
+    guard = KNNGuard(mean.astype(np.float32), components, bank, int(k), 0.0)
+    guard.cutoff = float(np.quantile(guard.score(val_features), pass_rate))
+    return guard
+
+
+def load_guard(root: Path | None = None) -> OODGuard | KNNGuard | None:
+    """The shipped guard (either scorer, as its file says), or ``None`` when absent. Checks the sha256 in its card.
 
     Raises:
         ModelIntegrityError: ``guard.npz`` is not the file its card describes.
@@ -280,6 +341,8 @@ def load_guard(root: Path | None = None) -> OODGuard | None:
     card = json.loads(files.card.read_text())
     verify_sha256(files.weights, card.get("weights_sha256"), "The out-of-distribution guard")
     with np.load(files.weights, allow_pickle=False) as f:
+        if "bank" in f:
+            return KNNGuard(f["mean"], f["components"], f["bank"], int(f["k"]), float(f["cutoff"]))
         return OODGuard(f["mean"], f["components"], f["variances"], float(f["residual_scale"]), float(f["cutoff"]))
 
 
@@ -290,8 +353,11 @@ def training_views(x_tr: np.ndarray, encoding_views: int, seed: int) -> list[np.
     return [x_tr] + [np.stack([encoding_path(g, rng) for g in x_tr]) for _ in range(encoding_views)]
 
 
+GUARD_METHODS = ("mahalanobis", "knn")
+
+
 def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encoding_views: int = 0,
-                 blur_sigma: float = 0.0) -> OODGuard:
+                 blur_sigma: float = 0.0, method: str = "mahalanobis") -> OODGuard | KNNGuard:
     """Fit the guard on the training split (validation held out by patient as the models') and ship it.
 
     With ``encoding_views``, it is fitted on each training image and that many re-encoded views of it
@@ -299,20 +365,28 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encodi
     with their four served variants (:data:`core.augment.VARIANTS`), so that an X-ray's encoding does
     not decide whether it is withheld. With ``blur_sigma``, its Lite0 pass reads the image blurred first (as
     the v11 models do), written in its card's ``preprocessing``; the scope check shares that pass and must
-    be refitted after (``python -m core.scope_fit``).
+    be refitted after (``python -m core.scope_fit``) unless the pass is unchanged. ``method`` "knn" scores by
+    the distance to the 10th nearest training row (:class:`KNNGuard`, checks v5) rather than PCA Mahalanobis.
+    A joint cut-off (checks v3) was chosen for the old pair, so the scope check gets its own cut-off back (run
+    ``python -m core.scope_fit --joint-cutoff`` again for the new pair).
     """
+    if method not in GUARD_METHODS:
+        raise ValueError(f"Unknown guard method {method!r}; choose one of {', '.join(GUARD_METHODS)}.")
     train, val = split_train_val(list_split(find_data_dir(data_dir), "train"), 0.1, seed)
     spec = InputSpec(blur_sigma=blur_sigma)
     extract = feature_extractor(spec=spec)
     x_tr, x_va = load_images(train), load_images(val)
     train_views = training_views(x_tr, encoding_views, seed)
     val_views = [x_va] + ([np.stack([served_variant(g, v) for g in x_va]) for v in VARIANTS] if encoding_views else [])
-    guard = fit_guard(np.concatenate([extract(x) for x in train_views]), np.concatenate([extract(x) for x in val_views]))
+    fit = fit_knn_guard if method == "knn" else fit_guard
+    guard = fit(np.concatenate([extract(x) for x in train_views]), np.concatenate([extract(x) for x in val_views]))
+    scorer = ("distance to the 10th nearest training row among unit-length features projected on their top 128 "
+              "principal components (checks v5)" if method == "knn" else
+              "PCA (64 components) Mahalanobis distance + scaled residual")
     card = {
         "name": "ood",
         "kind": "out-of-distribution guard",
-        "method": "PCA (64 components) Mahalanobis distance + scaled residual on pooled ImageNet "
-                  "EfficientNet-Lite0 features, fitted on the training split"
+        "method": f"{scorer} on pooled ImageNet EfficientNet-Lite0 features, fitted on the training split"
                   + (f" (each image and {encoding_views} re-encoded views of it, core.augment.encoding_path)"
                      if encoding_views else "")
                   + (f"; the image is blurred first (Gaussian, sigma {blur_sigma:g} px)" if blur_sigma else ""),
@@ -327,13 +401,30 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encodi
         "data": {"train_images": len(train), "val_images": len(val), "fingerprint": fingerprint(train + val)},
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+    _separate_scope_cutoff(root)
     guard.save(guard_files(root).folder, card)
     log.info("Guard saved: cut-off %.3f", guard.cutoff)
     return guard
 
 
+def _separate_scope_cutoff(root: Path | None) -> None:
+    """Where the checks under ``root`` share a joint cut-off (checks v3), give the scope check its own cut-off back
+    (``scope.npz`` and its record), since the guard it was chosen with is being replaced."""
+    files = guard_files(root)
+    if not files.card.exists() or "joint_cutoff" not in (card := json.loads(files.card.read_text())):
+        return
+    scope = load_scope(root)
+    if scope is None or "scope" not in card:
+        return
+    scope.cutoff = float(card["joint_cutoff"]["separate_cutoffs"]["scope"])
+    scope.save(files.folder / "scope.npz")
+    card["scope"] = {**card["scope"], "cutoff": scope.cutoff, "weights_sha256": sha256_file(files.folder / "scope.npz")}
+    del card["joint_cutoff"]
+    files.card.write_text(json.dumps(card, indent=1) + "\n")
+
+
 def main(argv=None) -> int:
-    """``python -m core.ood [--data-dir D] [--report] [--encoding-views N] [--blur-sigma S] [--out DIR]``: fit the guard on the training split and
+    """``python -m core.ood [--data-dir D] [--report] [--encoding-views N] [--blur-sigma S] [--method M] [--out DIR]``: fit the guard on the training split and
     save it; with ``--report``, measure it instead (writes ``models/ood/report.json``)."""
     import argparse
 
@@ -349,6 +440,9 @@ def main(argv=None) -> int:
     parser.add_argument("--blur-sigma", type=float, default=0.0, metavar="S",
                         help="blur the image (Gaussian, sigma S px) before the Lite0 pass, in fitting and serving "
                              "(checks v2: 2); refit the scope check after")
+    parser.add_argument("--method", choices=GUARD_METHODS, default="mahalanobis",
+                        help="the guard's score: PCA Mahalanobis (checks v1-v3) or the distance to the 10th nearest "
+                             "training X-ray (checks v5)")
     parser.add_argument("--out", type=Path, metavar="DIR", help="write the guard under DIR/ood instead of models/ood")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -357,7 +451,7 @@ def main(argv=None) -> int:
         guard_files(args.out).report.write_text(json.dumps(result, indent=1) + "\n")
         print(summary(result))
         return 0
-    fit_and_save(args.data_dir, args.seed, args.out or models_dir(), args.encoding_views, args.blur_sigma)
+    fit_and_save(args.data_dir, args.seed, args.out or models_dir(), args.encoding_views, args.blur_sigma, args.method)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--blur-sigma S] [--init-from NAME] [--consistency-grid L,L,…|none] [--out DIR] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--encoded-views N] [--blur-sigma S] [--init-from NAME] [--consistency-grid L,L,…|none] [--out DIR] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -62,6 +62,9 @@ def main(argv=None) -> int:
                              "1 ships the fine-tuned weights (default: the recipe's)")
     parser.add_argument("--encoding-augment", action="store_true", default=None,
                         help="re-encode training images as other files would bring them (core.augment; recipe v7)")
+    parser.add_argument("--encoded-views", type=int, metavar="N",
+                        help="frozen-backbone heads with the encoding augmentation: train on each image and N re-encoded "
+                             "views of it (default: the recipe's, 3; candidate v20: 6)")
     parser.add_argument("--blur-sigma", type=float, metavar="S",
                         help="Gaussian low-pass of the input (sigma in pixels) before equalisation, in training and "
                              "serving (written into the card; recipe v11)")
@@ -86,9 +89,11 @@ def main(argv=None) -> int:
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
         blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid,
-        equalize=args.equalize)
+        equalize=args.equalize, encoded_views=args.encoded_views)
     if args.consistency_grid and get_recipe(args.recipe).kind not in FROZEN_KINDS:
         parser.error(f"'{args.recipe}' trains its backbone; --consistency-grid applies to frozen-backbone heads")
+    if args.encoded_views is not None and (args.encoded_views < 1 or get_recipe(args.recipe).kind not in FROZEN_KINDS):
+        parser.error("--encoded-views takes a count of 1 or more and applies to frozen-backbone heads")
     if args.init_from and not get_recipe(args.recipe).init_from:
         parser.error(f"'{args.recipe}' is trained in one stage; --init-from applies to two-stage recipes")
     folder = train(recipe, args.data_dir, out_root=args.out, fresh=args.fresh)

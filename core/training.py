@@ -190,13 +190,13 @@ def encode_all(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 FROZEN_KINDS = ("transfer", "lungpool")  # backbone frozen: the head trains on features computed once
 MAP_METHODS = {"lungpool": "hirescam"}  # the map a kind is explained by, where not Grad-CAM (core.gradcam)
 
-ENCODED_VIEWS = 3  # re-encoded views per training image, beside the image itself, for a frozen backbone
+ENCODED_VIEWS = Recipe.encoded_views  # re-encoded views per training image by default (the recipe's encoded_views)
 
 
 def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: dict):
     """Frozen backbone: compute pooled features once, train dropout + dense on them. With
-    ``encoding_augment``, the head trains on the features of each image and of
-    :data:`ENCODED_VIEWS` re-encoded views of it."""
+    ``encoding_augment``, the head trains on the features of each image and of the recipe's
+    ``encoded_views`` (default :data:`ENCODED_VIEWS`) re-encoded views of it."""
     cached = run_dir / "features.npz"
     # features belong to one split and input; the head's consistency grid does not change them
     key = np.array(json.dumps({k: v for k, v in settings(recipe).items() if k != "consistency_grid"}, sort_keys=True))
@@ -208,7 +208,7 @@ def _fit_frozen_head(recipe: Recipe, model, data: _Data, run_dir: Path, state: d
     if f_tr is None:
         features = keras.Model(model.input, model.get_layer("avg_pool").output)
         rng = np.random.default_rng(recipe.seed)
-        n_views = 1 + (ENCODED_VIEWS if recipe.encoding_augment else 0)
+        n_views = 1 + (recipe.encoded_views if recipe.encoding_augment else 0)
         views = [data.x_tr] + [encode_all(data.x_tr, rng) for _ in range(n_views - 1)]
         lungs = None if data.m_tr is None else np.concatenate([data.m_tr] * n_views)
         f_tr = _outputs(features, np.concatenate(views), data.spec, lungs=lungs).astype(np.float32)

@@ -287,6 +287,40 @@ def test_checks_v2_fit_on_blurred_views_and_serve_what_they_were_fitted_on(tmp_p
     assert scope_fit.main(["--data-dir", str(data), "--encoding-views", "1", "--out", str(tmp_path)]) == 0
     refit = json.loads((tmp_path / "ood" / "card.json").read_text())
     assert "joint_cutoff" not in refit and refit["cutoff"] == separate[0] and ood.load_guard(tmp_path).cutoff == separate[0]
+    # checks v5: a nearest-neighbour guard refitted over a joint cut-off gives the scope check its own cut-off back
+    assert scope_fit.main(["--data-dir", str(data), "--joint-cutoff", "--out", str(tmp_path)]) == 0
+    assert ood.main(["--data-dir", str(data), "--encoding-views", "1", "--blur-sigma", "2", "--method", "knn",
+                     "--out", str(tmp_path)]) == 0
+    knn = json.loads((tmp_path / "ood" / "card.json").read_text())
+    assert "joint_cutoff" not in knn and knn["scope"]["cutoff"] == pytest.approx(separate[1])
+    assert knn["method"].startswith("distance to the 10th nearest training row")
+    check = ood.OODCheck(tmp_path)  # both files match their card's sha256 again
+    assert isinstance(check.guard, ood.KNNGuard) and check.scope.cutoff == pytest.approx(separate[1])
+    assert len(check(np.zeros((2, 224, 224), np.uint8))) == 2
+
+
+def test_the_nearest_neighbour_guard_measures_distance_to_the_kth_training_row(tmp_path):
+    """Checks v5: the score is the distance to the k-th nearest training row after scaling to unit length, so an
+    image's brightness-like scale does not count, an image amid the training rows scores low and one away from all
+    of them high; the cut-off passes 99.5 % of the validation rows; the file gives back the same scores."""
+    from core.ood import KNNGuard, fit_knn_guard, load_guard
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(2, 16)) * 3
+    train = np.concatenate([c + rng.normal(size=(300, 16)) * 0.3 for c in centres])
+    val = np.concatenate([c + rng.normal(size=(100, 16)) * 0.3 for c in centres])
+    guard = fit_knn_guard(train, val, k=10, n_components=16)
+    assert isinstance(guard, KNNGuard) and guard.bank.dtype == np.float16 and guard.bank.shape == (600, 16)
+    assert np.mean(guard.score(val) <= guard.cutoff) == pytest.approx(0.995, abs=0.005)
+    between = (centres[0] + centres[1]) / 2  # inside a Gaussian fitted to both clusters, near neither
+    assert guard.score(between)[0] > guard.cutoff > guard.score(centres[0])[0]
+    np.testing.assert_allclose(guard.score(5 * val[:20]), guard.score(val[:20]), rtol=1e-4, atol=1e-4)
+    exact = KNNGuard(guard.mean, guard.components, guard.bank, 1, guard.cutoff)
+    assert exact.score(exact.bank[:1].astype(np.float32) @ exact.components + exact.mean)[0] < 0.05
+    guard.save(tmp_path / "ood", {"name": "ood"})
+    loaded = load_guard(tmp_path)
+    assert isinstance(loaded, KNNGuard) and loaded.k == 10 and loaded.cutoff == guard.cutoff
+    np.testing.assert_allclose(loaded.score(val), guard.score(val), rtol=1e-6)
 
 
 def test_joint_scale_lets_the_pass_rate_through_both_checks():

@@ -348,6 +348,28 @@ def test_a_frozen_head_trains_on_reencoded_views(tmp_path, monkeypatch):
     assert load_card("transfer", tmp_path / "models").config["encoding_augment"] is True
 
 
+def test_the_number_of_reencoded_views_is_the_recipes(tmp_path, monkeypatch, capsys):
+    """v20: ``encoded_views`` sets how many re-encoded views of each image the frozen head sees; the card records it,
+    while recipes at the default keep their settings (and so their cached runs) as before."""
+    from core.train import main
+    from core.training import ENCODED_VIEWS, train
+
+    assert ENCODED_VIEWS == 3 and "encoded_views" not in get_recipe("lungfocus").to_dict()
+    for argv in (["finetuned", "--encoded-views", "6"], ["transfer", "--encoded-views", "0"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+    assert "--encoded-views" in capsys.readouterr().err
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
+    recipe = get_recipe("transfer").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, encoding_augment=True,
+                                                   encoded_views=1)
+    train(recipe, data, out_root=tmp_path / "models", fresh=True)
+    with np.load(tmp_path / "cache" / "runs" / "transfer" / "features.npz") as f:
+        assert len(f["train"]) == 2 * 12
+    assert load_card("transfer", tmp_path / "models").config["encoded_views"] == 1
+
+
 def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tmp_path, monkeypatch):
     """Stage 1 of v8's 'lungfocus' on tiny data: its card says it sees only the lungs, images without a mask are
     left out, and serving feeds it the lungs found by a segmenter (it cannot run without them)."""
