@@ -1,10 +1,11 @@
 """Out-of-distribution guard: is this input like the training X-rays at all?
 
-Pooled ImageNet EfficientNet-Lite0 features (1280-d) are projected onto their top principal
-components, fitted on the training split; the score is the Mahalanobis distance in that space
-plus the residual outside it (scaled by its mean training value). The cut-off is the quantile
-of validation scores that lets ``pass_rate`` of validation X-rays through. What it needs is
-stored in ``models/ood/guard.npz`` (small) with a card.
+Pooled ImageNet EfficientNet-Lite0 features (1280-d) are compared with the training split's. Two scorers:
+:class:`OODGuard` projects them onto their top principal components and scores the Mahalanobis distance in
+that space plus the residual outside it (scaled by its mean training value); :class:`KNNGuard` (checks v5)
+scores the distance to the 10th nearest training row among unit-length features. The cut-off is the quantile
+of validation scores that lets ``pass_rate`` of validation X-rays through. What it needs is stored in
+``models/ood/guard.npz`` with a card, which names the scorer.
 
 Serving uses :class:`OODCheck` (the guard with its compiled feature extractor), which gives an
 :class:`OODResult` per image. ``python -m core.ood`` fits the guard; ``--report`` measures it
