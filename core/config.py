@@ -304,6 +304,23 @@ RECIPES["baseline"] = replace(
     notes=[BLUR_NOTE.replace("sigma 2 px) before equalisation", "sigma 3 px)") if n == BLUR_NOTE else n
            for n in RECIPES["baseline"].notes] + [SIGMA3_NOTE])
 
+# v20 (section 16): 'lungfocus' without equalisation, on the sigma-3 low-pass (as v18), its head trained on six
+# re-encoded views of each training image; v9's is kept as 'lungfocus_v9', the stage 1 of v10's 'lungfocus_ft'
+RECIPES["lungfocus_v9"] = replace(
+    RECIPES["lungfocus"], name="lungfocus_v9",
+    notes=[*RECIPES["lungfocus"].notes, "The 'lungfocus' that shipped in v9 (docs/lungs.md, section 5); replaced by v20."])
+RECIPES["lungfocus_ft"] = replace(
+    RECIPES["lungfocus_ft"], init_from="lungfocus_v9",
+    notes=[n.replace("started from it,", "started from it (recipe 'lungfocus_v9'),") for n in RECIPES["lungfocus_ft"].notes])
+RECIPES["lungfocus"] = replace(
+    RECIPES["lungfocus"], equalize=False, blur_sigma=3.0, encoded_views=6,
+    notes=[RECIPES["lungfocus"].notes[0].replace("three re-encoded views of it (v9 in docs/lungs.md)",
+                                                 "six re-encoded views of it (v9 in docs/lungs.md; six since v20, "
+                                                 "section 16)"),
+           LUNG_POOL_NOTE, BLUR_NOTE.replace("sigma 2 px) before equalisation", "sigma 3 px)"), ENCODING_NOTE,
+           NO_EQUALIZE_NOTE.replace("v16 (docs/lungs.md, section 12)", "v20 (docs/lungs.md, sections 12 and 16)"),
+           SIGMA3_NOTE.replace("v19 (docs/lungs.md, section 15)", "v20 (docs/lungs.md, section 16, as v18 in section 14)")])
+
 
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""

@@ -82,7 +82,7 @@ def test_recipes_are_complete():
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
     assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15",
                             "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
-                            "lungfocus_ft", "baseline_v11"}
+                            "lungfocus_ft", "baseline_v11", "lungfocus_v9"}
     # v19 (section 15): 'baseline' on the sigma-3 low-pass, v11's kept; its notes say sigma 3 and no equalisation
     bl = RECIPES["baseline"]
     assert bl.blur_sigma == 3.0 and replace(bl, name="baseline_v11", blur_sigma=2.0, notes=[]) == \
@@ -101,15 +101,22 @@ def test_recipes_are_complete():
     assert not any("equalis" in n and "no histogram equalisation" not in n and "without equalisation" not in n
                    for n in ft.notes + RECIPES["transfer_v17"].notes)
     assert not RECIPES["lungfocus"].consistency_grid
+    # v20 (section 16): v9's 'lungfocus' without equalisation, on the sigma-3 low-pass, six re-encoded views; v9 kept
+    lf20 = RECIPES["lungfocus"]
+    assert (lf20.equalize, lf20.blur_sigma, lf20.encoded_views) == (False, 3.0, 6)
+    assert replace(lf20, name="lungfocus_v9", equalize=True, blur_sigma=2.0, encoded_views=3, notes=[]) == \
+        replace(RECIPES["lungfocus_v9"], notes=[])
+    assert any("six re-encoded views" in n for n in lf20.notes) and any("sigma 3 px" in n for n in lf20.notes)
+    assert not any("sigma 2 px" in n or ("equalis" in n and "no histogram equalisation" not in n) for n in lf20.notes)
     # v10 (docs/lungs.md, section 6): the finetuned recipe on v9's model and input, one seed, no central blanking
     v10 = RECIPES["lungfocus_ft"]
-    assert v10.kind == "lungpool" and v10.init_from == "lungfocus" and v10.blur_sigma == 2.0 and v10.soup_seeds == (42,)
+    assert v10.kind == "lungpool" and v10.init_from == "lungfocus_v9" and v10.blur_sigma == 2.0 and v10.soup_seeds == (42,)
     changed = ("name", "kind", "notes", "blur_sigma", "encoding_augment", "init_from", "central_erasing", "soup_seeds")
     assert {k: v for k, v in v10.to_dict().items() if k not in changed} == \
         {k: v for k, v in RECIPES["finetuned_v6"].to_dict().items() if k not in changed}
     # v9 (docs/lungs.md, section 5): the transfer recipe of its day (v11's), pooled over the lungs, blurred input,
     # re-encoded views
-    v9 = RECIPES["lungfocus"]
+    v9 = RECIPES["lungfocus_v9"]
     assert v9.kind == "lungpool" and v9.blur_sigma == 2.0 and v9.encoding_augment and v9.equalize
     differs = ("name", "kind", "notes", "blur_sigma", "encoding_augment")
     assert {k: v for k, v in v9.to_dict().items() if k not in differs} == \
