@@ -125,9 +125,8 @@ def stretch(gray: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.ndarra
 
 
 TREATMENTS = {"blurred only": lambda g: g, "equalised": equalize, "stretched 1-99 %": stretch}
-"""What follows the blur in :func:`input_change`: nothing (as ``baseline``, ``transfer`` and ``finetuned`` since
-v16-v17, and the checks), histogram equalisation (as ``lungfocus``, and the others before), or a linear stretch
-(the middle way, not shipped)."""
+"""What follows the blur in :func:`input_change`: nothing (as every shipped model since v16-v20, and the checks),
+histogram equalisation (as the Lite0 models before), or a linear stretch (the middle way, not shipped)."""
 
 
 def input_change(copies: np.ndarray, sigma: float, variants=tuple(VARIANTS), features=None) -> dict:
