@@ -34,16 +34,26 @@ BARS = {"mean_abs_dp": 0.02, "label_agreement": 0.99}
 """The invariance bar for every model and variant (and the guard withholds no more than on the copies)."""
 
 
+NEAR = (0.01, 0.02)  # distances to the threshold counted by compare()
+
+
 def compare(reference: list, other: list, models: list[str]) -> dict:
-    """Per model, how far ``other`` readings are from ``reference`` readings of the same images."""
+    """Per model, how far ``other`` readings are from ``reference`` readings of the same images; and, to read the
+    flips by, how many reference images lie within each :data:`NEAR` distance of the threshold and how far from it
+    the flipped ones lay (median and largest, on the reference probability; ``None`` without flips)."""
     out = {}
     for name in models:
         p0 = np.array([r.diagnoses[name].probability for r in reference])
         p1 = np.array([r.diagnoses[name].probability for r in other])
         same = np.array([r0.diagnoses[name].label == r1.diagnoses[name].label for r0, r1 in zip(reference, other,
                                                                                                   strict=True)])
+        near = np.abs(p0 - np.array([r.diagnoses[name].threshold for r in reference]))
+        flipped = near[~same]
         out[name] = {"mean_abs_dp": float(np.abs(p1 - p0).mean()), "max_abs_dp": float(np.abs(p1 - p0).max()),
-                     "label_agreement": float(same.mean()), "labels_flipped": int((~same).sum())}
+                     "label_agreement": float(same.mean()), "labels_flipped": int((~same).sum()),
+                     "copies_near_threshold": {f"{d:g}": int((near < d).sum()) for d in NEAR},
+                     "flipped_distance_to_threshold": {"median": float(np.median(flipped)), "max": float(flipped.max())}
+                     if len(flipped) else None}
     return out
 
 
@@ -93,8 +103,9 @@ def measure(models: list[LoadedModel], guard: OODCheck | None, data_dir: Path, b
 
 def invariance_table(result: dict) -> str:
     """Markdown: one row per (variant, model) with |ΔP|, agreement and the guard's withheld share."""
-    lines = ["| variant | model | mean \\|ΔP\\| | max \\|ΔP\\| | labels agreeing | guard withholds (copies: "
-             f"{_pct(result['copies']['withheld'])}) |", "|---|---|---|---|---|---|"]
+    lines = ["| variant | model | mean \\|ΔP\\| | max \\|ΔP\\| | labels agreeing | flipped (their copies' median distance "
+             "to the threshold) | guard withholds (copies: "
+             f"{_pct(result['copies']['withheld'])}) |", "|---|---|---|---|---|---|---|"]
     rows = [(v, r["models"], _pct(r["withheld"])) for v, r in result["variants"].items()]
     if "fullres" in result:
         f = result["fullres"]
@@ -103,8 +114,16 @@ def invariance_table(result: dict) -> str:
     for variant, models, withheld in rows:
         for name, m in models.items():
             lines.append(f"| {variant} | {name} | {m['mean_abs_dp']:.3f} | {m['max_abs_dp']:.3f} | "
-                         f"{_pct(m['label_agreement'])} | {withheld} |")
+                         f"{_pct(m['label_agreement'])} | {_flipped(m)} | {withheld} |")
     return "\n".join(lines)
+
+
+def _flipped(m: dict) -> str:
+    """How many labels flipped and, where recorded (since session 15), how near the threshold their copies lay."""
+    if "labels_flipped" not in m:
+        return ""
+    d = m.get("flipped_distance_to_threshold")
+    return f"{m['labels_flipped']}" + (f" ({d['median']:.3f})" if d else "")
 
 
 def _pct(x) -> str:

@@ -85,6 +85,14 @@ def test_compare_measures_probability_change_and_label_flips():
     r = compare([_Reading(0.2), _Reading(0.6)], [_Reading(0.25), _Reading(0.4)], ["m"])["m"]
     assert r["mean_abs_dp"] == pytest.approx(0.125) and r["max_abs_dp"] == pytest.approx(0.2)
     assert r["label_agreement"] == 0.5 and r["labels_flipped"] == 1
+    # the flipped image lay 0.1 from the threshold; the one that kept its label 0.3
+    assert r["flipped_distance_to_threshold"] == pytest.approx({"median": 0.1, "max": 0.1})
+    assert r["copies_near_threshold"] == {"0.01": 0, "0.02": 0}
+    near = compare([_Reading(0.495), _Reading(0.515), _Reading(0.9)], [_Reading(0.5), _Reading(0.49), _Reading(0.3)],
+                   ["m"])["m"]
+    assert near["copies_near_threshold"] == {"0.01": 1, "0.02": 2} and near["labels_flipped"] == 3
+    assert near["flipped_distance_to_threshold"] == pytest.approx({"median": 0.015, "max": 0.4})
+    assert compare([_Reading(0.2)], [_Reading(0.3)], ["m"])["m"]["flipped_distance_to_threshold"] is None
 
 
 def test_measure_runs_every_variant_through_the_upload_path(tmp_path, shipped_models):
