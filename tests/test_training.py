@@ -361,7 +361,8 @@ def test_the_number_of_reencoded_views_is_the_recipes(tmp_path, monkeypatch, cap
     from core.train import main
     from core.training import ENCODED_VIEWS, train
 
-    assert ENCODED_VIEWS == 3 and "encoded_views" not in get_recipe("lungfocus").to_dict()
+    assert ENCODED_VIEWS == 3 and "encoded_views" not in get_recipe("lungfocus_v9").to_dict()
+    assert get_recipe("lungfocus").to_dict()["encoded_views"] == 6
     for argv in (["finetuned", "--encoded-views", "6"], ["transfer", "--encoded-views", "0"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
