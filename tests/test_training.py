@@ -422,22 +422,22 @@ def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tm
 
 
 def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hirescam(tmp_path, monkeypatch):
-    """v9's 'lungfocus' on tiny data: a frozen-head run on the lung-pooled features of each image and its
-    re-encoded views; the card records the blur and the map method; serving needs no lungs handed to it and
-    shows the Keras model's own probability on the blurred, equalised input."""
+    """v20's 'lungfocus' on tiny data: a frozen-head run on the lung-pooled features of each image and its six
+    re-encoded views; the card records the blur (sigma 3, no equalisation) and the map method; serving needs no lungs
+    handed to it and shows the Keras model's own probability on the blurred input."""
     from PIL import Image
 
     from core.calibration import apply_temperature
     from core.inference import load_model
     from core.preprocessing import to_model_input
-    from core.training import ENCODED_VIEWS, train
+    from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
     train(get_recipe("lungfocus").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
     with np.load(tmp_path / "cache" / "runs" / "lungfocus" / "features.npz") as f:
-        assert len(f["train"]) == (1 + ENCODED_VIEWS) * 12 and f["train"].shape[1] == 1280
+        assert len(f["train"]) == (1 + 6) * 12 and f["train"].shape[1] == 1280
     card = load_card("lungfocus", out)
     assert card.kind == "lungpool" and card.gradcam_method == "hirescam" and card.gradcam_layer == "top_activation"
     # a fresh process (the CLI, the app) loads it without having imported the builders first
@@ -450,7 +450,7 @@ def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hiresca
                             "load_keras_model; load_keras_model('lungfocus', Path(sys.argv[1]))", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert card.spec.blur_sigma == 2.0 and card.spec.equalize and not card.spec.lung_margin
+    assert card.spec.blur_sigma == 3.0 and not card.spec.equalize and not card.spec.lung_margin
     model = load_model("lungfocus", out)
     assert not model.needs_lungs and not model.gives_lungs and model.explainer.method == "hirescam"
     gray = np.stack([np.asarray(Image.open(p).convert("L").resize((224, 224)))
