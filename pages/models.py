@@ -74,9 +74,21 @@ def calibration_text(cal: dict | None) -> str:
             f"{cal['val_log_loss_after']:.3f}")
 
 
+def encoding_text(card) -> str:
+    """How the model saw other encodings of its training images: per epoch at random, or as fixed views for a head
+    trained on a frozen backbone's features."""
+    cfg = card.config
+    if not cfg.get("encoding_augment"):
+        return ""
+    if card.kind in ("transfer", "lungpool"):
+        return f"; trained on each image and {cfg.get('encoded_views', 3)} re-encoded views of it (resampling, blur, noise, JPEG)"
+    return "; every image re-encoded at random (resampling, blur, noise, JPEG)"
+
+
 def input_text(card) -> str:
     pre, shape = card.preprocessing, card.input_shape
     text = f"{shape[0]} × {shape[1]} × {shape[2]}, "
+    text += f"blurred (Gaussian, σ {pre['blur_sigma']:g} px), then " if pre.get("blur_sigma") else ""
     text += "histogram-equalised, then " if pre.get("equalize") else ""
     text += f"(pixel − {pre['mean']}) / {pre['std']}"
     if pre.get("lung_margin"):
@@ -109,7 +121,7 @@ for tab, name in zip(st.tabs(names), names, strict=False):
 | Calibration | {calibration_text(card.calibration)} |
 | Heatmap | {card.map_name} on `{card.gradcam_layer}` |
 | Optimiser | Adam, learning rate {cfg['learning_rate']:g}; BCE, label smoothing {cfg['label_smoothing']} |
-| Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)}{'; every image re-encoded at random (resampling, blur, noise, JPEG)' if cfg.get('encoding_augment') else ''} |
+| Regularisation | dropout {cfg['dropout']}; class weights {'on' if cfg['class_weights'] else 'off'}; augmentation {augmentation_text(cfg)}{encoding_text(card)} |
 | Trainable backbone layers | {cfg['trainable_top_layers'] or 'none (frozen or n/a)'} |
 | Data | {data['train_images']} train / {data['val_images']} validation images ({data['train_patients']} / {data['val_patients']} patients); {data['split']}; fingerprint `{data['fingerprint']}` |
 | Epochs | {epochs_text(card)} |

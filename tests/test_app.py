@@ -38,6 +38,12 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
         card = load_card(name)
         assert ("histogram-equalised" in table) == bool(card.preprocessing.get("equalize")), name
         assert ("central third blanked" in table) == bool(card.config.get("central_erasing")), name
+        sigma = card.preprocessing.get("blur_sigma")
+        assert (f"blurred (Gaussian, σ {sigma:g} px)" in table if sigma else "blurred (" not in table), name
+        if card.config.get("encoding_augment") and card.kind in ("transfer", "lungpool"):  # a head on fixed views
+            assert f"each image and {card.config.get('encoded_views', 3)} re-encoded views of it" in table, name
+        else:
+            assert ("re-encoded at random" in table) == bool(card.config.get("encoding_augment")), name
         rows = table.strip().splitlines()
         assert all(r.startswith("|") for r in rows) and rows[-1].startswith("| Weights"), name  # one unbroken table
         soup = card.soup
