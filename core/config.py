@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "WISE_FT_ALPHA_FIXED"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "WISE_FT_ALPHA_FIXED", "FROZEN_KINDS"]
 
 WISE_FT_ALPHA_FIXED = "fixed in the recipe before training, not chosen on data"
+FROZEN_KINDS = ("transfer", "lungpool")  # backbone frozen: the head trains on features computed once
 
 
 @dataclass(frozen=True)

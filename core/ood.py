@@ -421,7 +421,7 @@ def _separate_scope_cutoff(root: Path | None) -> None:
     scope.save(files.folder / "scope.npz")
     card["scope"] = {**card["scope"], "cutoff": scope.cutoff, "weights_sha256": sha256_file(files.folder / "scope.npz")}
     del card["joint_cutoff"]
-    files.card.write_text(json.dumps(card, indent=1) + "\n")
+    write_card(files.folder, card)
 
 
 def main(argv=None) -> int:

@@ -6,8 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from core.config import RECIPES, get_recipe
-from core.training import FROZEN_KINDS, train
+from core.config import FROZEN_KINDS, RECIPES, get_recipe
+from core.training import train
 
 __all__ = ["main"]
 

@@ -29,7 +29,7 @@ from core.averaging import average_weights, soup_record, wise_ft
 from core.calibration import calibration_record
 from core.cards import assemble_card
 from core.checkpoints import Resumable, check_same_run, load_state, restore_counters, save_state, settings
-from core.config import Recipe
+from core.config import FROZEN_KINDS, Recipe
 from core.data import Sample, class_weights, find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import choose_threshold, metrics_at
 from core.lungs import find_mask_dir, load_masks
@@ -187,7 +187,6 @@ def encode_all(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.stack(list(pool.map(encoding_path, gray, seeds)))
 
 
-FROZEN_KINDS = ("transfer", "lungpool")  # backbone frozen: the head trains on features computed once
 MAP_METHODS = {"lungpool": "hirescam"}  # the map a kind is explained by, where not Grad-CAM (core.gradcam)
 
 ENCODED_VIEWS = Recipe.encoded_views  # re-encoded views per training image by default (the recipe's encoded_views)

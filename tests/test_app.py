@@ -29,6 +29,7 @@ def test_every_page_renders(page, shipped_models):
 
 
 def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_models):
+    from core.config import FROZEN_KINDS
     from core.registry import load_card
 
     at = _app("pages/models.py")
@@ -40,7 +41,7 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
         assert ("central third blanked" in table) == bool(card.config.get("central_erasing")), name
         sigma = card.preprocessing.get("blur_sigma")
         assert (f"blurred (Gaussian, σ {sigma:g} px)" in table if sigma else "blurred (" not in table), name
-        if card.config.get("encoding_augment") and card.kind in ("transfer", "lungpool"):  # a head on fixed views
+        if card.config.get("encoding_augment") and card.kind in FROZEN_KINDS:  # a head on fixed views
             assert f"each image and {card.config.get('encoded_views', 3)} re-encoded views of it" in table, name
         else:
             assert ("re-encoded at random" in table) == bool(card.config.get("encoding_augment")), name
