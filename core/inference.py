@@ -38,6 +38,9 @@ __all__ = [
     "LoadedModel",
     "load_model",
     "label_for",
+    "BORDERLINE",
+    "is_borderline",
+    "BORDERLINE_NOTE",
     "Upload",
     "read_upload",
     "read_file",
@@ -72,6 +75,21 @@ class Diagnosis:
 
 def label_for(probability: float, threshold: float) -> str:
     return "PNEUMONIA" if probability >= threshold else "NORMAL"
+
+
+BORDERLINE = 0.02
+"""How near its threshold a probability is borderline: issue 13's bar on how far a file's encoding may move the answer
+(mean |ΔP|). On the test set the labels that changed when the same X-ray came as another file lay a median 0.001-0.03
+from the threshold (``flipped_distance_to_threshold`` in ``models/invariance.json``; docs/lungs.md §1)."""
+
+BORDERLINE_NOTE = ("Borderline: P lies within {margin:.2f} of the threshold, as close as the same X-ray saved as another "
+                   "file can move it; most labels that changed with the file's encoding on the test set lay this close. "
+                   "Treat this label as uncertain.")
+
+
+def is_borderline(probability: float, threshold: float, margin: float = BORDERLINE) -> bool:
+    """Whether ``probability`` lies less than ``margin`` from ``threshold``, where the label is uncertain."""
+    return abs(probability - threshold) < margin
 
 
 class LoadedModel:

@@ -12,7 +12,7 @@ import streamlit as st
 from core.cards import recommended
 from core.case_report import ReportModel, case_report
 from core.gradcam import colour_bar, overlay
-from core.inference import label_for
+from core.inference import BORDERLINE, BORDERLINE_NOTE, is_borderline, label_for
 from core.lungs import EVIDENCE_OUTSIDE_WARNING, draw_outline
 from core.preprocessing import apply_window, fit_within, model_view
 from pages import _ui as ui
@@ -169,6 +169,8 @@ if lead in said and len(said) > 1:
     differ = [f"{n} says {said[n]} (P = {next(d for _, _, d in rows if d.model == n).probability:.0%})"
               for n in said if n != lead and said[n] != said[lead]]
     text = f"**{lead}**, the recommended model, says **{said[lead]}**"
+    lead_p = next(d.probability for _, _, d in rows if d.model == lead)
+    text += f" (borderline: within {BORDERLINE:.2f} of its threshold)" if is_borderline(lead_p, thresholds[lead]) else ""
     if not differ:
         text += f"; {' and '.join(agree)} {'agrees' if len(agree) == 1 else 'agree'}: all models agree."
     else:
@@ -230,6 +232,8 @@ for filename, gray, d in rows:
         st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.3f}"
                     + (f" (site '{site.site}')" if site is not None and thresholds[d.model] == round(site.threshold, 3)
                        else ""), unsafe_allow_html=True)
+        if is_borderline(d.probability, thresholds[d.model]):
+            st.caption(BORDERLINE_NOTE.format(margin=BORDERLINE))
         if share is not None:
             st.caption(f"{share:.0%} of the evidence for pneumonia lies inside the lungs found.")
             if share < 0.5:

@@ -174,6 +174,29 @@ def test_the_file_table_gives_the_threshold_as_the_labels_use_it(shipped_models,
                          for n in shipped_models)
 
 
+def test_a_label_near_its_threshold_is_called_borderline(shipped_models, samples_dir):
+    """A probability within 0.02 of the threshold, where a re-encoded copy of the same file can get the other label,
+    is said to be borderline, for that model and in the recommended model's summary; a threshold far from it is not."""
+    from core.cards import recommended
+    from core.registry import load_card
+
+    at = _app()
+    at.file_uploader(key="dx_upload").set_value(("a.jpeg", (samples_dir / "IM-0061-0001.jpeg").read_bytes(),
+                                                 "image/jpeg")).run()
+    lead = recommended([load_card(n) for n in shipped_models])
+    p = float(next(m.value for m in at.metric if m.label == "P(pneumonia)").rstrip("%")) / 100  # the lead's, shown first
+    cases = ((round(min(max(p + 0.005, 0.0), 1.0), 3), True), (round(p + 0.3 if p < 0.5 else p - 0.3, 3), False))
+    for threshold, expected in cases:  # every model shown: the summary of the recommended model's reading
+        at.slider(key=f"dx_thr_{lead}").set_value(threshold).run()
+        summary = " ".join(m.value for m in [*at.warning, *at.info] if "the recommended model, says" in m.value)
+        assert summary and ("borderline" in summary) == expected, (threshold, p, summary)
+    at.selectbox(key="dx_model").set_value(lead).run()  # that model alone: its own note
+    for threshold, expected in cases:
+        at.slider(key=f"dx_thr_{lead}").set_value(threshold).run()
+        notes = [c.value for c in at.caption if c.value.startswith("Borderline: P lies within 0.02")]
+        assert bool(notes) == expected, (threshold, p, notes)
+
+
 def _table(at, column):
     """The first dataframe on the page that has ``column``."""
     return next(d.value for d in at.dataframe if column in d.value.columns)
