@@ -23,7 +23,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 
 from core.cards import DISCLAIMER  # noqa: E402
 from core.gradcam import overlay  # noqa: E402
-from core.inference import ImageReading, label_for  # noqa: E402
+from core.inference import BORDERLINE, ImageReading, is_borderline, label_for  # noqa: E402
 from core.lungs import draw_outline  # noqa: E402
 
 __all__ = ["ReportModel", "case_report"]
@@ -94,12 +94,15 @@ def _draw(image, reading, models, lead, target, by_evidence, fmt, when) -> bytes
     bar.set_xlabel("0 = no evidence, 1 = " + ("the strongest at P = 100 %" if by_evidence else
                                                "the strongest in this image"), fontsize=7)
 
-    rows = []
+    rows, borderline = [], False
     for m in models:
         dm = reading.diagnoses[m.name]
         share = reading.lung_share(m.name)
+        near = is_borderline(dm.probability, m.threshold)
+        borderline |= near
         rows.append([m.name + (" (recommended)" if m.name == lead else ""), f"{dm.probability:.1%}",
-                     label_for(dm.probability, m.threshold), f"{m.threshold:.3f} ({m.threshold_source})",
+                     label_for(dm.probability, m.threshold) + (" *" if near else ""),
+                     f"{m.threshold:.3f} ({m.threshold_source})",
                      "n/a" if share is None else f"{share:.0%}", m.sha256[:12]])
     ax = fig.add_axes((0.06, 0.34, 0.88, 0.16))
     ax.axis("off")
@@ -120,8 +123,10 @@ def _draw(image, reading, models, lead, target, by_evidence, fmt, when) -> bytes
     fig.text(0.06, 0.31, "Out-of-distribution guard", fontsize=10, weight="bold")
     fig.text(0.06, 0.295, verdict, fontsize=8, wrap=True, va="top")
     fig.text(0.06, 0.24, "The recommended model leads by a rule written in every model card (highest validation ROC "
-             "AUC). Grad-CAM shows where a model found evidence, not what the finding is.", fontsize=8, wrap=True,
-             va="top")
+             "AUC). Grad-CAM shows where a model found evidence, not what the finding is."
+             + (f" * Borderline: P lies within {BORDERLINE:.2f} of the threshold, as close as the same X-ray saved as "
+                "another file can move it; treat that label as uncertain." if borderline else ""),
+             fontsize=8, wrap=True, va="top")
     fig.text(0.06, 0.06, _plain(DISCLAIMER), fontsize=8, wrap=True, color="#8a1c1c")
     buf = io.BytesIO()
     # no author or software path in the file; a title only
