@@ -9,7 +9,7 @@ import streamlit as st
 from core.errors import ImageDecodeError
 from core.evaluation import interval_text
 from core.gradcam import overlay
-from core.inference import label_for, read_upload
+from core.inference import BORDERLINE, is_borderline, label_for, read_upload
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -123,6 +123,8 @@ if gray is not None:
         d = scores[name]
         col.markdown(f"**{name}**: P(pneumonia) = {d.probability:.1%} → {ui.label_badge(d.label)}",
                      unsafe_allow_html=True)
+        if is_borderline(d.probability, d.threshold):
+            col.caption(f"Borderline: within {BORDERLINE:.2f} of the threshold ({d.threshold:.3f}).")
         col.image(overlay(gray, d.heatmap(gray.shape, "PNEUMONIA")), caption=f"{ui.map_name(name)}, evidence for pneumonia",
                   width="stretch")
 

@@ -340,6 +340,25 @@ def test_two_uploads_with_one_name_stay_apart(shipped_models, samples_dir):
     assert finetuned["scan.jpeg"] != finetuned["scan.jpeg (2)"]
 
 
+def test_compare_calls_a_reading_near_its_threshold_borderline(shipped_models):
+    """One test image through every model: a model whose probability lies within 0.02 of its card threshold says so; an
+    image far from every threshold gets no such note. The images are found from the models' own test predictions."""
+    import pandas as pd
+
+    from core.registry import load_card, model_files
+
+    preds = {n: pd.read_csv(model_files(n).folder / "test_predictions.csv").set_index("filename") for n in shipped_models}
+    gap = pd.DataFrame({n: (p["probability"] - load_card(n).decision_threshold).abs() for n, p in preds.items()})
+    near, far = gap.min(axis=1).idxmin(), gap.min(axis=1).idxmax()
+    assert gap.loc[near].min() < 0.01 and gap.loc[far].min() > 0.05
+    at = _app("pages/compare.py")
+    for file, expected in ((near, True), (far, False)):
+        label = preds[shipped_models[0]].loc[file, "label"]
+        at.selectbox(key="cmp_file").set_value(f"{file} ({label})").run()
+        notes = [c.value for c in at.caption if c.value.startswith("Borderline: within 0.02")]
+        assert bool(notes) == expected, (file, notes)
+
+
 def test_compare_withholds_an_unusual_upload_until_asked(shipped_models):
     at = _app("pages/compare.py")
     at.radio(key="cmp_source").set_value("Upload").run()
