@@ -322,6 +322,17 @@ RECIPES["lungfocus"] = replace(
            NO_EQUALIZE_NOTE.replace("v16 (docs/lungs.md, section 12)", "v20 (docs/lungs.md, sections 12 and 16)"),
            SIGMA3_NOTE.replace("v19 (docs/lungs.md, section 15)", "v20 (docs/lungs.md, section 16, as v18 in section 14)")])
 
+# v21 (section 17): 'transfer' on a sigma-4 low-pass; v16's is kept as 'transfer_v16'
+SIGMA4_NOTE = ("v21 (docs/lungs.md, section 17): the input blurred at sigma 4 px rather than 3, one step further on the "
+               "same lever; JPEG's 8 x 8 blocks keep under 1 % of their amplitude.")
+RECIPES["transfer_v16"] = replace(
+    RECIPES["transfer"], name="transfer_v16",
+    notes=[*RECIPES["transfer"].notes, "The 'transfer' that shipped in v16 (docs/lungs.md, section 12); replaced by v21."])
+RECIPES["transfer"] = replace(
+    RECIPES["transfer"], blur_sigma=4.0,
+    notes=[n.replace("(Gaussian, sigma 3 px)", "(Gaussian, sigma 4 px)") for n in RECIPES["transfer"].notes]
+    + [SIGMA4_NOTE])
+
 
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""

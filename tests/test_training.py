@@ -72,17 +72,21 @@ def test_recipes_are_complete():
     ft = RECIPES["finetuned"]
     # v11 (docs/lungs.md, section 7): transfer on blurred input, its head on re-encoded views too; v15 (section 11):
     # the same on a sigma-3 low-pass; v16 (section 12): v15 without equalisation, and its notes no longer claim it
+    # v21 (section 17): v16 on a sigma-4 low-pass, v16 kept
     tr = RECIPES["transfer"]
-    assert tr.blur_sigma == 3.0 and tr.encoding_augment and not tr.equalize and not tr.trainable_top_layers
+    assert tr.blur_sigma == 4.0 and tr.encoding_augment and not tr.equalize and not tr.trainable_top_layers
     assert not any("equalis" in n and "no histogram equalisation" not in n for n in tr.notes)
+    assert any("sigma 4 px)" in n for n in tr.notes) and not any("(Gaussian, sigma 3 px)" in n for n in tr.notes)
+    v16 = RECIPES["transfer_v16"]
+    assert replace(tr, name="transfer_v16", blur_sigma=3.0, notes=[]) == replace(v16, notes=[])
     v15 = RECIPES["transfer_v15"]
-    assert replace(tr, name="transfer_v15", equalize=True, notes=[]) == replace(v15, notes=[])
+    assert replace(v16, name="transfer_v15", equalize=True, notes=[]) == replace(v15, notes=[])
     assert replace(v15, name="transfer_v11", blur_sigma=2.0, notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
     # v8 was trained before the blur existed, and its recipe says so
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
     assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15",
                             "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
-                            "lungfocus_ft", "baseline_v11", "lungfocus_v9"}
+                            "lungfocus_ft", "baseline_v11", "lungfocus_v9", "transfer_v16"}
     # v19 (section 15): 'baseline' on the sigma-3 low-pass, v11's kept; its notes say sigma 3 and no equalisation
     bl = RECIPES["baseline"]
     assert bl.blur_sigma == 3.0 and replace(bl, name="baseline_v11", blur_sigma=2.0, notes=[]) == \
