@@ -334,6 +334,23 @@ RECIPES["transfer"] = replace(
     + [SIGMA4_NOTE])
 
 
+# v21 (section 17): 'finetuned' on the sigma-4 low-pass in both stages, from the v21 'transfer'; v17's is kept as
+# 'finetuned_v17' (from 'transfer_v17')
+RECIPES["finetuned_v17"] = replace(
+    RECIPES["finetuned"], name="finetuned_v17",
+    notes=[*RECIPES["finetuned"].notes, "The 'finetuned' that shipped in v17 (docs/lungs.md, section 13); replaced by v21."])
+RECIPES["finetuned"] = replace(
+    RECIPES["finetuned"], blur_sigma=4.0, init_from="transfer",
+    notes=[n.replace("'transfer_v17' model (the v11 'transfer' without equalisation, a head on the frozen backbone)",
+                     "'transfer' model (v21: a head on the frozen backbone, sigma 4 px, without equalisation)")
+            .replace("(since v17 without equalisation: recipe 'transfer_v17'; 'transfer' has shipped other recipes "
+                     "since, sections 10-12)", "(since v21 the v21 'transfer', recipe 'transfer', on sigma 4 px)")
+            .replace("(Gaussian, sigma 2 px)", "(Gaussian, sigma 4 px)")
+            .replace("mixed with the 'transfer_v17' weights", "mixed with the v21 'transfer' weights")
+           for n in RECIPES["finetuned"].notes]
+    + [SIGMA4_NOTE.replace("rather than 3", "rather than 2, in both stages")])
+
+
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""
     if name not in RECIPES:

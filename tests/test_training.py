@@ -86,7 +86,7 @@ def test_recipes_are_complete():
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
     assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15",
                             "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
-                            "lungfocus_ft", "baseline_v11", "lungfocus_v9", "transfer_v16"}
+                            "lungfocus_ft", "baseline_v11", "lungfocus_v9", "transfer_v16", "finetuned_v17"}
     # v19 (section 15): 'baseline' on the sigma-3 low-pass, v11's kept; its notes say sigma 3 and no equalisation
     bl = RECIPES["baseline"]
     assert bl.blur_sigma == 3.0 and replace(bl, name="baseline_v11", blur_sigma=2.0, notes=[]) == \
@@ -97,8 +97,13 @@ def test_recipes_are_complete():
     assert v14.consistency_grid == (0.0, 1.0, 3.0, 10.0, 30.0, 100.0) and not tr.consistency_grid
     assert replace(v14, name="transfer_v11", consistency_grid=(), notes=[]) == replace(RECIPES["transfer_v11"], notes=[])
     # v17 (section 13): 'finetuned' without equalisation in both stages, from 'transfer_v17'; v13 kept, from v11's
-    assert ft.init_from == "transfer_v17" and not ft.equalize and RECIPES["finetuned_v13"].init_from == "transfer_v11"
-    assert replace(ft, name="finetuned_v13", init_from="transfer_v11", equalize=True, notes=[]) == \
+    # v21 (section 17): 'finetuned' on the sigma-4 low-pass from the v21 'transfer'; v17's kept, from 'transfer_v17'
+    assert ft.init_from == "transfer" and ft.blur_sigma == 4.0 and not ft.equalize
+    assert any("sigma 4 px)" in n for n in ft.notes) and not any("sigma 2 px" in n or "transfer_v17" in n for n in ft.notes)
+    ft17 = RECIPES["finetuned_v17"]
+    assert replace(ft, name="finetuned_v17", init_from="transfer_v17", blur_sigma=2.0, notes=[]) == replace(ft17, notes=[])
+    assert ft17.init_from == "transfer_v17" and RECIPES["finetuned_v13"].init_from == "transfer_v11"
+    assert replace(ft17, name="finetuned_v13", init_from="transfer_v11", equalize=True, notes=[]) == \
         replace(RECIPES["finetuned_v13"], notes=[])
     assert replace(RECIPES["transfer_v17"], name="transfer_v11", equalize=True, notes=[]) == \
         replace(RECIPES["transfer_v11"], notes=[])
