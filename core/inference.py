@@ -79,7 +79,7 @@ def label_for(probability: float, threshold: float) -> str:
 
 BORDERLINE = 0.02
 """How near its threshold a probability is borderline: issue 13's bar on how far a file's encoding may move the answer
-(mean |ΔP|). On the test set the labels that changed when the same X-ray came as another file lay a median 0.001-0.03
+(mean |ΔP|). On the test set the labels that changed when the same X-ray came as another file lay a median 0.001-0.022
 from the threshold (``flipped_distance_to_threshold`` in ``models/invariance.json``; docs/lungs.md §1)."""
 
 BORDERLINE_NOTE = ("Borderline: P lies within {margin:.2f} of the threshold, as close as the same X-ray saved as another "
