@@ -32,8 +32,8 @@ st.info("**What a profile can and cannot do.** It moves the decision threshold o
         "validate the model, and it cannot fix a model that ranks your images badly (look at the ROC AUC). It is as "
         "good as your labels and as stable as your number of images allow (see the intervals). For reference, on the "
         "official test set, choosing the fine-tuned model's threshold (Youden's J) on one patient-disjoint half and "
-        "scoring the other half gave accuracy 0.859–0.899 over 20 random halvings (mean 0.879; "
-        "`core.site.split_half_accuracy`), against 0.862 at the validation threshold: the test hospital's images "
+        "scoring the other half gave accuracy 0.815–0.853 over 20 random halvings (mean 0.838; "
+        "`core.site.split_half_accuracy`), against 0.833 at the validation threshold: the test hospital's images "
         "call for another threshold than the training hospital's.",
         icon=":material/info:")
 

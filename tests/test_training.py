@@ -165,15 +165,15 @@ def test_two_stage_transfer_then_finetune(tmp_path, monkeypatch):
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=16)
     out = tmp_path / "models"
-    train(get_recipe("transfer_v17").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
-    transfer_card = load_card("transfer_v17", out)
+    train(get_recipe("transfer").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    transfer_card = load_card("transfer", out)
     assert transfer_card.trainable_parameters_in_training == 1281  # the head only
     # one stage-2 run, not the recipe's two-seed soup (soups have their own test below)
     train(get_recipe("finetuned").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, soup_seeds=()), data,
           out_root=out)
     card = load_card("finetuned", out)
-    assert card.initialised_from == {"model": "transfer_v17", "sha256": transfer_card.weights_sha256}
-    before, after = load_keras_model("transfer_v17", out), load_keras_model("finetuned", out)
+    assert card.initialised_from == {"model": "transfer", "sha256": transfer_card.weights_sha256}
+    before, after = load_keras_model("transfer", out), load_keras_model("finetuned", out)
     changed = lambda layer: not np.allclose(before.get_layer(layer).get_weights()[0],  # noqa: E731
                                             after.get_layer(layer).get_weights()[0])
     assert changed("top_conv") and changed("logit")
