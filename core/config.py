@@ -294,12 +294,19 @@ RECIPES["finetuned"] = replace(
            for n in RECIPES["finetuned"].notes if n != EQUALIZE_NOTE]
     + [NO_EQUALIZE_NOTE.replace("v16 (docs/lungs.md, section 12)", "v17 (docs/lungs.md, section 13)")])
 
+
+def _keep_shipped(name: str, version: str, section: str, successor: str) -> None:
+    """Keep the recipe ``name`` as shipped in ``version`` under ``name_version`` before a successor replaces it."""
+    RECIPES[f"{name}_{version}"] = replace(
+        RECIPES[name], name=f"{name}_{version}",
+        notes=[*RECIPES[name].notes, f"The '{name}' that shipped in {version} (docs/lungs.md, section {section}); "
+               f"replaced by {successor}."])
+
+
 # v19 (section 15): 'baseline' on the sigma-3 low-pass; v11's is kept as 'baseline_v11'
 SIGMA3_NOTE = ("v19 (docs/lungs.md, section 15): the input blurred at sigma 3 px rather than 2, as 'transfer' since v15, "
                "which keeps about 6 % of the amplitude of JPEG's 8 x 8 blocks rather than 29 %.")
-RECIPES["baseline_v11"] = replace(
-    RECIPES["baseline"], name="baseline_v11",
-    notes=[*RECIPES["baseline"].notes, "The 'baseline' that shipped in v11 (docs/lungs.md, section 7); replaced by v19."])
+_keep_shipped("baseline", "v11", "7", "v19")
 RECIPES["baseline"] = replace(
     RECIPES["baseline"], blur_sigma=3.0,
     notes=[BLUR_NOTE.replace("sigma 2 px) before equalisation", "sigma 3 px)") if n == BLUR_NOTE else n
@@ -307,9 +314,7 @@ RECIPES["baseline"] = replace(
 
 # v20 (section 16): 'lungfocus' without equalisation, on the sigma-3 low-pass (as v18), its head trained on six
 # re-encoded views of each training image; v9's is kept as 'lungfocus_v9', the stage 1 of v10's 'lungfocus_ft'
-RECIPES["lungfocus_v9"] = replace(
-    RECIPES["lungfocus"], name="lungfocus_v9",
-    notes=[*RECIPES["lungfocus"].notes, "The 'lungfocus' that shipped in v9 (docs/lungs.md, section 5); replaced by v20."])
+_keep_shipped("lungfocus", "v9", "5", "v20")
 RECIPES["lungfocus_ft"] = replace(
     RECIPES["lungfocus_ft"], init_from="lungfocus_v9",
     notes=[n.replace("started from it,", "started from it (recipe 'lungfocus_v9'),") for n in RECIPES["lungfocus_ft"].notes])
@@ -325,9 +330,7 @@ RECIPES["lungfocus"] = replace(
 # v21 (section 17): 'transfer' on a sigma-4 low-pass; v16's is kept as 'transfer_v16'
 SIGMA4_NOTE = ("v21 (docs/lungs.md, section 17): the input blurred at sigma 4 px rather than 3, one step further on the "
                "same lever; JPEG's 8 x 8 blocks keep under 1 % of their amplitude.")
-RECIPES["transfer_v16"] = replace(
-    RECIPES["transfer"], name="transfer_v16",
-    notes=[*RECIPES["transfer"].notes, "The 'transfer' that shipped in v16 (docs/lungs.md, section 12); replaced by v21."])
+_keep_shipped("transfer", "v16", "12", "v21")
 RECIPES["transfer"] = replace(
     RECIPES["transfer"], blur_sigma=4.0,
     notes=[n.replace("(Gaussian, sigma 3 px)", "(Gaussian, sigma 4 px)") for n in RECIPES["transfer"].notes]
@@ -336,9 +339,7 @@ RECIPES["transfer"] = replace(
 
 # v21 (section 17): 'finetuned' on the sigma-4 low-pass in both stages, from the v21 'transfer'; v17's is kept as
 # 'finetuned_v17' (from 'transfer_v17')
-RECIPES["finetuned_v17"] = replace(
-    RECIPES["finetuned"], name="finetuned_v17",
-    notes=[*RECIPES["finetuned"].notes, "The 'finetuned' that shipped in v17 (docs/lungs.md, section 13); replaced by v21."])
+_keep_shipped("finetuned", "v17", "13", "v21")
 RECIPES["finetuned"] = replace(
     RECIPES["finetuned"], blur_sigma=4.0, init_from="transfer",
     notes=[n.replace("'transfer_v17' model (the v11 'transfer' without equalisation, a head on the frozen backbone)",
