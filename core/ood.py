@@ -381,9 +381,10 @@ def fit_and_save(data_dir=None, seed: int = 42, root: Path | None = None, encodi
     val_views = [x_va] + ([np.stack([served_variant(g, v) for g in x_va]) for v in VARIANTS] if encoding_views else [])
     fit = fit_knn_guard if method == "knn" else fit_guard
     guard = fit(np.concatenate([extract(x) for x in train_views]), np.concatenate([extract(x) for x in val_views]))
-    scorer = ("distance to the 10th nearest training row among unit-length features projected on their top 128 "
-              "principal components (checks v5)" if method == "knn" else
-              "PCA (64 components) Mahalanobis distance + scaled residual")
+    n = guard.components.shape[0]
+    scorer = (f"distance to the {guard.k}th nearest training row among unit-length features projected on their top "
+              f"{n} principal components (checks v5)" if method == "knn" else
+              f"PCA ({n} components) Mahalanobis distance + scaled residual")
     card = {
         "name": "ood",
         "kind": "out-of-distribution guard",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import FROZEN_KINDS, WISE_FT_ALPHA_FIXED
+from core.config import FROZEN_KINDS, WISE_FT_ALPHA_FIXED, Recipe
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -81,7 +81,7 @@ def encoding_text(card) -> str:
     if not cfg.get("encoding_augment"):
         return ""
     if card.kind in FROZEN_KINDS:
-        return f"; trained on each image and {cfg.get('encoded_views', 3)} re-encoded views of it (resampling, blur, noise, JPEG)"
+        return f"; trained on each image and {cfg.get('encoded_views', Recipe.encoded_views)} re-encoded views of it (resampling, blur, noise, JPEG)"
     return "; every image re-encoded at random (resampling, blur, noise, JPEG)"
 
 
