@@ -351,6 +351,15 @@ RECIPES["finetuned"] = replace(
            for n in RECIPES["finetuned"].notes]
     + [SIGMA4_NOTE.replace("rather than 3", "rather than 2, in both stages")])
 
+# v22 (section 18): 'lungfocus' on the sigma-4 low-pass, as 'transfer' and 'finetuned' since v21; v20's is kept as
+# 'lungfocus_v20'
+_keep_shipped("lungfocus", "v20", "16", "v22")
+RECIPES["lungfocus"] = replace(
+    RECIPES["lungfocus"], blur_sigma=4.0,
+    notes=[n for n in RECIPES["lungfocus"].notes if "sigma 3 px" not in n]
+    + [BLUR_NOTE.replace("sigma 2 px) before equalisation", "sigma 4 px)"),
+       SIGMA4_NOTE.replace("v21 (docs/lungs.md, section 17)", "v22 (docs/lungs.md, section 18)")])
+
 
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""

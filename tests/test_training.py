@@ -86,7 +86,8 @@ def test_recipes_are_complete():
     assert RECIPES["lungfocus_v8_head"].blur_sigma == 0.0
     assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15",
                             "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
-                            "lungfocus_ft", "baseline_v11", "lungfocus_v9", "transfer_v16", "finetuned_v17"}
+                            "lungfocus_ft", "baseline_v11", "lungfocus_v9", "transfer_v16", "finetuned_v17",
+                            "lungfocus_v20"}
     # v19 (section 15): 'baseline' on the sigma-3 low-pass, v11's kept; its notes say sigma 3 and no equalisation
     bl = RECIPES["baseline"]
     assert bl.blur_sigma == 3.0 and replace(bl, name="baseline_v11", blur_sigma=2.0, notes=[]) == \
@@ -110,8 +111,12 @@ def test_recipes_are_complete():
     assert not any("equalis" in n and "no histogram equalisation" not in n and "without equalisation" not in n
                    for n in ft.notes + RECIPES["transfer_v17"].notes)
     assert not RECIPES["lungfocus"].consistency_grid
+    # v22 (section 18): v20's 'lungfocus' on the sigma-4 low-pass; v20 kept, and the notes say sigma 4, not 3
+    lf22, lf20 = RECIPES["lungfocus"], RECIPES["lungfocus_v20"]
+    assert replace(lf22, name="lungfocus_v20", blur_sigma=3.0, notes=[]) == replace(lf20, notes=[])
+    assert any("sigma 4 px)" in n for n in lf22.notes) and not any("sigma 3 px" in n for n in lf22.notes)
+    assert any("six re-encoded views" in n for n in lf22.notes)
     # v20 (section 16): v9's 'lungfocus' without equalisation, on the sigma-3 low-pass, six re-encoded views; v9 kept
-    lf20 = RECIPES["lungfocus"]
     assert (lf20.equalize, lf20.blur_sigma, lf20.encoded_views) == (False, 3.0, 6)
     assert replace(lf20, name="lungfocus_v9", equalize=True, blur_sigma=2.0, encoded_views=3, notes=[]) == \
         replace(RECIPES["lungfocus_v9"], notes=[])
@@ -431,8 +436,8 @@ def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tm
 
 
 def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hirescam(tmp_path, monkeypatch):
-    """v20's 'lungfocus' on tiny data: a frozen-head run on the lung-pooled features of each image and its six
-    re-encoded views; the card records the blur (sigma 3, no equalisation) and the map method; serving needs no lungs
+    """v22's 'lungfocus' on tiny data: a frozen-head run on the lung-pooled features of each image and its six
+    re-encoded views; the card records the blur (sigma 4, no equalisation) and the map method; serving needs no lungs
     handed to it and shows the Keras model's own probability on the blurred input."""
     from PIL import Image
 
@@ -459,7 +464,7 @@ def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hiresca
                             "load_keras_model; load_keras_model('lungfocus', Path(sys.argv[1]))", str(out)],
                            cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert card.spec.blur_sigma == 3.0 and not card.spec.equalize and not card.spec.lung_margin
+    assert card.spec.blur_sigma == 4.0 and not card.spec.equalize and not card.spec.lung_margin
     model = load_model("lungfocus", out)
     assert not model.needs_lungs and not model.gives_lungs and model.explainer.method == "hirescam"
     gray = np.stack([np.asarray(Image.open(p).convert("L").resize((224, 224)))
