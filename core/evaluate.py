@@ -1,4 +1,4 @@
-"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--finer-maps] [--lungs] [--input-change [--images N] [--blur-sigma S]] [--models-dir DIR] [--data-dir D]``
+"""``python -m core.evaluate [--model NAME|all] [--split test|val] [--explanations] [--invariance] [--finer-maps] [--lungs] [--input-change [--images N] [--blur-sigma S]] [--threshold-rules] [--models-dir DIR] [--data-dir D]``
 
 Scores the official test set: writes ``models/<name>/test_predictions.csv`` (filename, label,
 probability) and ``metrics.json``, which holds, where the lung masks are present, how the model's
@@ -9,7 +9,9 @@ model's answer moves with the file's encoding and resolution (``models/invarianc
 candidates); with ``--model NAME`` it re-measures that model and keeps the other models' rows of the file. ``--models-dir DIR`` reads candidates written by ``python -m core.train --out DIR``. ``--lungs`` measures the lung segmenter's Dice on the test masks
 (``models/lungs/metrics.json``). ``--input-change`` measures, on validation images and for the ImageNet backbone
 alone, how much of each served variant's change reaches the input and the pooled features when the blur is followed
-by nothing, histogram equalisation or a linear stretch (``models/input-change-val.json``; docs/lungs.md §12). Nothing here is tuned: thresholds come from the model cards, chosen on
+by nothing, histogram equalisation or a linear stretch (``models/input-change-val.json``; docs/lungs.md §12).
+``--threshold-rules`` compares, on each model's validation split only, how well and how steadily two rules place the
+threshold on images they did not choose on (``models/threshold-rules-val.json``; docs/lungs.md §20). Nothing here is tuned: thresholds come from the model cards, chosen on
 validation data.
 """
 
@@ -211,6 +213,10 @@ def main(argv=None) -> int:
                         help="--input-change: how many validation images, drawn at random (seed 0; default 240)")
     parser.add_argument("--blur-sigma", type=float, default=3.0, metavar="S",
                         help="--input-change: the blur before the treatments, in pixels (default 3, as 'transfer')")
+    parser.add_argument("--threshold-rules", action="store_true",
+                        help="on each model's validation split only: Youden's J, on patient-disjoint halves, of the "
+                             "threshold chosen on the other half by the empirical maximum and through the calibration, "
+                             "and how much each choice wobbles (writes models/threshold-rules-val.json)")
     parser.add_argument("--models-dir", type=Path, metavar="DIR",
                         help="read the models (and their guard and segmenter) from DIR instead of models/, e.g. a "
                              "candidate written by 'python -m core.train --out DIR'")
@@ -233,6 +239,8 @@ def main(argv=None) -> int:
         return _invariance(chosen, root, args.split, find_data_dir(args.data_dir))
     if args.input_change:
         return _input_change(args.images, args.blur_sigma, root, find_data_dir(args.data_dir))
+    if args.threshold_rules:
+        return _threshold_rules(chosen, root, find_data_dir(args.data_dir))
     if args.finer_maps:
         for name in [n for n in chosen if load_card(n, root).backbone]:
             for variant, e in finer_maps_summary(name, args.data_dir, root).items():
@@ -248,6 +256,35 @@ def main(argv=None) -> int:
         print(summary_line(name, args.split, r))
         if r.get("explanation"):
             print(explanation_line(name, r["explanation"]))
+    return 0
+
+
+def threshold_rules_summary(name: str, data_dir=None, root: Path | None = None, halvings: int = 20) -> dict:
+    """:func:`core.calibration.compare_threshold_rules` on the model's own validation split (as its card records it),
+    with the probabilities serving shows, grouped by patient; reads no test image."""
+    from core.calibration import compare_threshold_rules
+
+    model = load_model(name, root)
+    cfg = model.card.config
+    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
+    probs = np.array([d.probability for d in _diagnoses(model, load_images(val))])
+    return {"card_threshold": model.threshold,
+            **compare_threshold_rules([s.label for s in val], probs, [s.patient for s in val], halvings)}
+
+
+def _threshold_rules(chosen: list[str], root: Path | None, data_dir: Path) -> int:
+    """``--threshold-rules``: print the comparison and write ``threshold-rules-val.json`` beside the models."""
+    out = {name: threshold_rules_summary(name, data_dir, root) for name in chosen}
+    print("| model | rule | threshold on all validation images | its spread over halves (SD) | held-out J (mean ± SD) |")
+    print("|---|---|---|---|---|")
+    for name, r in out.items():
+        for rule in ("youden", "calibrated_youden"):
+            x = r[rule]
+            print(f"| {name} | {rule} | {x['on_all']:.3f} | {x['threshold_sd']:.3f} | "
+                  f"{x['held_out_j_mean']:.3f} ± {x['held_out_j_sd']:.3f} |")
+    path = (root or models_dir()) / "threshold-rules-val.json"
+    path.write_text(json.dumps({"split": "validation", "models": out}, indent=1) + "\n")
+    print(f"Wrote {path}")
     return 0
 
 

@@ -73,7 +73,7 @@ def main(argv=None) -> int:
                              "the card; candidate v16)")
     parser.add_argument("--init-from", metavar="NAME",
                         help="start a two-stage recipe from the model NAME (in --out's folder) instead of the "
-                             "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer_v17')")
+                             "recipe's stage 1 (default: the recipe's; 'finetuned' starts from 'transfer')")
     parser.add_argument("--consistency-grid", type=_grid, metavar="L,L,…|none",
                         help="frozen-backbone heads: train one head per penalty weight L on the logit's change under "
                              "re-encoding and keep the largest L whose validation ROC AUC is within 0.002 of L 0's "
