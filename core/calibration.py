@@ -15,10 +15,11 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import minimize_scalar
 
+from core.cards import THRESHOLD_RULES
 from core.evaluation import apply_temperature, calibration_bins, logit
 
 __all__ = ["logit", "apply_temperature", "fit_temperature", "expected_calibration_error", "calibration_record",
-           "calibrated_youden_threshold", "compare_threshold_rules", "main"]
+           "calibrated_youden_threshold", "compare_threshold_rules", "rethreshold", "main"]
 
 _EPS = 1e-7
 
@@ -85,22 +86,45 @@ def compare_threshold_rules(y, p, groups, halvings: int = 20) -> dict:
 
     y, p, groups = np.asarray(y).astype(int), np.asarray(p, np.float64), np.asarray(groups)
     whole_t = fit_temperature(y, p)
-    rules = {"youden": lambda yy, pp: choose_threshold(yy, pp, "youden"), "calibrated_youden": calibrated_youden_threshold}
+    rules = ("youden", "calibrated_youden")
     held_out = {r: [] for r in rules}
     chosen = {r: [] for r in rules}
     names = np.unique(groups)
     for seed in range(halvings):
         first = np.isin(groups, np.random.default_rng(seed).permutation(names)[: len(names) // 2])
         for pick, score in ((first, ~first), (~first, first)):
-            for rule, choose in rules.items():
-                t = choose(y[pick], p[pick])
+            for rule in rules:
+                t = choose_threshold(y[pick], p[pick], rule)
                 m = metrics_at(y[score], p[score], t)
                 held_out[rule].append(m["sensitivity"] + m["specificity"] - 1)
                 chosen[rule].append(float(apply_temperature(t, whole_t)))
     return {rule: {"held_out_j_mean": float(np.mean(held_out[rule])), "held_out_j_sd": float(np.std(held_out[rule])),
                    "threshold_mean": float(np.mean(chosen[rule])), "threshold_sd": float(np.std(chosen[rule])),
-                   "on_all": float(apply_temperature(rules[rule](y, p), whole_t))}
+                   "on_all": float(apply_temperature(choose_threshold(y, p, rule), whole_t))}
             for rule in rules} | {"halvings": halvings, "images": int(len(y)), "groups": int(len(names))}
+
+
+_RETHRESHOLD_NOTE = "Threshold chosen again after training, on the same validation split,"
+
+
+def rethreshold(card, y_val, p_val, rule: str):
+    """``card`` with its threshold chosen again by ``rule`` on the validation labels and model outputs, the rule's
+    text, the validation metrics at the new threshold (ROC AUC unchanged) and a note saying so."""
+    import dataclasses
+
+    from core.evaluation import choose_threshold, metrics_at
+
+    t = choose_threshold(y_val, p_val, rule)
+    notes = [n for n in card.config.get("notes", []) if not n.startswith(_RETHRESHOLD_NOTE)]
+    # the first re-choice's note keeps the threshold training chose; a later one only names the rule
+    earlier = [n for n in card.config.get("notes", []) if n.startswith(_RETHRESHOLD_NOTE)]
+    trained = earlier[0].split("training chose ", 1)[1] if earlier else (
+        f"{card.threshold:.4f} by '{card.config.get('threshold_rule')}'.")
+    note = f"{_RETHRESHOLD_NOTE} by the rule '{rule}' (docs/lungs.md, section 20); training chose {trained}"
+    return dataclasses.replace(
+        card, threshold=float(t), threshold_rule=THRESHOLD_RULES[rule],
+        val_metrics={"roc_auc": card.val_metrics["roc_auc"], **metrics_at(y_val, p_val, t)},
+        config={**card.config, "notes": [*notes, note]})
 
 
 def main(argv=None) -> int:
@@ -114,6 +138,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m core.calibration", description=main.__doc__)
     parser.add_argument("--model", default="all")
+    parser.add_argument("--threshold-rule", choices=sorted(THRESHOLD_RULES),
+                        help="also choose the card threshold again on the validation split by this rule, and record the "
+                             "rule and the validation metrics at it (weights untouched; docs/lungs.md, section 20)")
     parser.add_argument("--data-dir")
     args = parser.parse_args(argv)
     names = available_models() if args.model == "all" else [args.model]
@@ -124,8 +151,14 @@ def main(argv=None) -> int:
         model, gray = load_keras_model(name), load_images(val)
         raw = np.concatenate([model.predict(to_model_input(gray[i : i + 64], card.spec), verbose=0)[:, 0]
                               for i in range(0, len(gray), 64)])
-        record = calibration_record([s.label for s in val], raw)
-        write_card(models_dir() / name, dataclasses.replace(card, calibration=record))
+        y = [s.label for s in val]
+        record = calibration_record(y, raw)
+        card = dataclasses.replace(card, calibration=record)
+        if args.threshold_rule:
+            card = rethreshold(card, y, raw, args.threshold_rule)
+            print(f"{name:10s} threshold {card.threshold:.4f} ({card.decision_threshold:.3f} calibrated) by "
+                  f"{args.threshold_rule}")
+        write_card(models_dir() / name, card)
         print(f"{name:10s} T = {record['temperature']:.3f}  validation ECE {record['val_ece_before']:.4f} -> "
               f"{record['val_ece_after']:.4f}  log-loss {record['val_log_loss_before']:.4f} -> "
               f"{record['val_log_loss_after']:.4f}")

@@ -39,6 +39,9 @@ LIMITATIONS = [
 
 THRESHOLD_RULES = {
     "youden": "maximise sensitivity + specificity - 1 on the validation split",
+    "calibrated_youden": ("sit where the probability calibrated on the validation split equals that split's share of "
+                          "pneumonia: the point where sensitivity + specificity - 1 is largest for calibrated "
+                          "probabilities, estimated from every validation image (docs/lungs.md, section 20)"),
     "fixed": "0.5",
 }
 

@@ -36,15 +36,21 @@ def choose_threshold(y_true, prob, rule: str = "youden") -> float:
         y_true: 0/1 labels.
         prob: Predicted P(pneumonia).
         rule: ``"youden"`` maximises sensitivity + specificity - 1 (ties: the threshold
-            closest to 0.5); ``"fixed"`` returns 0.5.
+            closest to 0.5); ``"calibrated_youden"`` estimates the same point through a temperature
+            calibration fitted on these data (:func:`core.calibration.calibrated_youden_threshold`);
+            ``"fixed"`` returns 0.5.
 
     Returns:
         The threshold; a case is PNEUMONIA when ``prob >= threshold``.
     """
     if rule == "fixed":
         return 0.5
+    if rule == "calibrated_youden":
+        from core.calibration import calibrated_youden_threshold  # it imports this module
+
+        return calibrated_youden_threshold(y_true, prob)
     if rule != "youden":
-        raise ValueError(f"Unknown threshold rule {rule!r}. Available: youden, fixed")
+        raise ValueError(f"Unknown threshold rule {rule!r}. Available: youden, calibrated_youden, fixed")
     # every distinct probability is a candidate (drop_intermediate=False keeps them all; the first, +inf, calls
     # nothing pneumonia and never wins)
     fpr, tpr, candidates = skm.roc_curve(np.asarray(y_true), np.asarray(prob, dtype=np.float64),

@@ -94,3 +94,24 @@ def test_threshold_rules_are_compared_on_validation_images_only(shipped_models, 
     out = __import__("json").loads((tmp_path / "threshold-rules-val.json").read_text())["models"][name]
     assert out["images"] == len(read) and out["halvings"] == 20
     assert 0 < out["calibrated_youden"]["on_all"] < 1 and out["youden"]["threshold_sd"] >= 0
+
+
+def test_rethresholding_a_card_records_the_rule_the_validation_metrics_and_what_training_chose(shipped_models):
+    """``python -m core.calibration --threshold-rule R`` changes a card's threshold, its rule's text and the validation
+    metrics at it, and notes once what training had chosen; the weights and ROC AUC are untouched."""
+    from core.calibration import rethreshold
+    from core.cards import THRESHOLD_RULES
+    from core.evaluation import metrics_at
+    from core.registry import load_card
+
+    card = load_card(shipped_models[0])
+    y, p = _two_gaussians(400, 0.74, k=2.0, seed=3)
+    new = rethreshold(card, y, p, "calibrated_youden")
+    assert new.threshold != card.threshold and new.threshold_rule == THRESHOLD_RULES["calibrated_youden"]
+    assert new.val_metrics == {"roc_auc": card.val_metrics["roc_auc"], **metrics_at(y, p, new.threshold)}
+    assert new.weights_sha256 == card.weights_sha256 and new.calibration == card.calibration
+    trained = f"training chose {card.threshold:.4f} by '{card.config['threshold_rule']}'."
+    assert new.config["notes"][-1].endswith(trained) and new.config["notes"][:-1] == card.config["notes"]
+    again = rethreshold(new, y, p, "youden")  # a second re-choice keeps one note, still naming training's threshold
+    assert again.config["notes"][:-1] == card.config["notes"] and again.config["notes"][-1].endswith(trained)
+    assert "'youden'" in again.config["notes"][-1] and again.threshold_rule == THRESHOLD_RULES["youden"]
