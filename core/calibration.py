@@ -6,36 +6,31 @@ log-likelihood, so that "80 %" means about 80 % on data like the validation imag
 label: the card threshold moves with it (the same rank order), and ROC AUC is unchanged. T is written
 in the model's card (``calibration``) and serving applies it wherever a probability is shown.
 
-``python -m core.calibration [--model NAME|all]`` fits it for the shipped models and writes it into their
-cards (weights untouched); training does the same for a newly trained model.
+``python -m core.calibration [--model NAME|all] [--threshold-rule R]`` fits it for the shipped models and writes it
+into their cards (weights untouched); training does the same for a newly trained model. With ``--threshold-rule`` it
+also chooses the card threshold again on the validation split (:func:`rethreshold`; docs/lungs.md, section 20).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 from core.cards import THRESHOLD_RULES
-from core.evaluation import apply_temperature, calibration_bins, logit
+from core.evaluation import (
+    apply_temperature,
+    calibrated_youden_threshold,
+    calibration_bins,
+    choose_threshold,
+    fit_temperature,
+    logit,
+    mean_log_loss,
+    metrics_at,
+)
 
 __all__ = ["logit", "apply_temperature", "fit_temperature", "expected_calibration_error", "calibration_record",
            "calibrated_youden_threshold", "compare_threshold_rules", "rethreshold", "main"]
-
-_EPS = 1e-7
-
-
-def _nll(y, p) -> float:
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-
-def fit_temperature(y, p) -> float:
-    """The temperature that minimises the negative log-likelihood of labels ``y`` (0/1) given ``p``."""
-    y = np.asarray(y, np.float64)
-    z = logit(p)
-    result = minimize_scalar(lambda log_t: _nll(y, 1.0 / (1.0 + np.exp(-z / np.exp(log_t)))),
-                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
 
 
 def expected_calibration_error(y, p, bins: int = 10) -> float:
@@ -55,21 +50,7 @@ def calibration_record(y_val, p_val) -> dict:
             "fitted_on": f"the validation split ({len(y_val)} images)",
             "val_ece_before": expected_calibration_error(y_val, p_val),
             "val_ece_after": expected_calibration_error(y_val, after),
-            "val_log_loss_before": _nll(y_val, p_val), "val_log_loss_after": _nll(y_val, after)}
-
-
-def calibrated_youden_threshold(y, p) -> float:
-    """Youden's point estimated through the calibration: the threshold on ``p`` whose temperature-calibrated
-    probability equals the share of positives in ``y``.
-
-    For calibrated probabilities, sensitivity + specificity - 1 is largest where the two classes' score densities
-    cross, which is where P equals the prevalence of the data it was calibrated on. Estimated this way the threshold
-    rests on every image's probability, not on the few images where the empirical maximum happens to fall, which on
-    a validation split that the model ranks almost perfectly is a wide, flat plateau.
-    """
-    y = np.asarray(y, np.float64)
-    t = fit_temperature(y, p)
-    return float(apply_temperature(y.mean(), 1.0 / t))  # sigmoid(T * logit(prevalence)), on the raw scale
+            "val_log_loss_before": mean_log_loss(y_val, p_val), "val_log_loss_after": mean_log_loss(y_val, after)}
 
 
 def compare_threshold_rules(y, p, groups, halvings: int = 20) -> dict:
@@ -82,8 +63,6 @@ def compare_threshold_rules(y, p, groups, halvings: int = 20) -> dict:
     the held-out J and of the chosen thresholds (expressed on the probability calibrated on all of ``y``, so that
     the two rules' spreads are comparable).
     """
-    from core.evaluation import choose_threshold, metrics_at
-
     y, p, groups = np.asarray(y).astype(int), np.asarray(p, np.float64), np.asarray(groups)
     whole_t = fit_temperature(y, p)
     rules = ("youden", "calibrated_youden")
@@ -110,10 +89,6 @@ _RETHRESHOLD_NOTE = "Threshold chosen again after training, on the same validati
 def rethreshold(card, y_val, p_val, rule: str):
     """``card`` with its threshold chosen again by ``rule`` on the validation labels and model outputs, the rule's
     text, the validation metrics at the new threshold (ROC AUC unchanged) and a note saying so."""
-    import dataclasses
-
-    from core.evaluation import choose_threshold, metrics_at
-
     t = choose_threshold(y_val, p_val, rule)
     notes = [n for n in card.config.get("notes", []) if not n.startswith(_RETHRESHOLD_NOTE)]
     # the first re-choice's note keeps the threshold training chose; a later one only names the rule

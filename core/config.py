@@ -361,6 +361,18 @@ RECIPES["lungfocus"] = replace(
        SIGMA4_NOTE.replace("v21 (docs/lungs.md, section 17)", "v22 (docs/lungs.md, section 18)")])
 
 
+# v23 (section 19): 'lungfocus' is v22's with its top layers fine-tuned (v10's recipe on v22's input and start); v22's
+# frozen-head recipe is kept as 'lungfocus_v22', its stage 1
+_keep_shipped("lungfocus", "v22", "18", "v23")
+RECIPES["lungfocus"] = replace(
+    RECIPES["lungfocus_ft"], name="lungfocus", init_from="lungfocus_v22", equalize=False, blur_sigma=4.0,
+    notes=["Stage 2 of v22's 'lungfocus' (v23 in docs/lungs.md, section 19, v10's recipe of section 6 on v22's input): "
+           "started from it (recipe 'lungfocus_v22'), the top 41 backbone layers trained (BatchNorm and the lung "
+           "decoder frozen) on lung-pooled features, every training image re-encoded at random; one run (seed 42), "
+           "then mixed half and half with its start (WiSE-FT)."]
+    + [n for n in RECIPES["lungfocus_v22"].notes[1:] if not n.startswith("The 'lungfocus' that shipped in")])
+
+
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""
     if name not in RECIPES:

@@ -30,6 +30,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from core import LABELS
 from core.augment import VARIANTS, encode_variant
+from core.calibration import compare_threshold_rules
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import full_report, interval_text, metrics_at
 from core.gradcam import GradCam, border_share, central_share
@@ -262,8 +263,6 @@ def main(argv=None) -> int:
 def threshold_rules_summary(name: str, data_dir=None, root: Path | None = None, halvings: int = 20) -> dict:
     """:func:`core.calibration.compare_threshold_rules` on the model's own validation split (as its card records it),
     with the probabilities serving shows, grouped by patient; reads no test image."""
-    from core.calibration import compare_threshold_rules
-
     model = load_model(name, root)
     cfg = model.card.config
     _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])

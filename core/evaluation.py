@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.optimize import minimize_scalar
 from sklearn import metrics as skm
 
 __all__ = [
     "logit",
     "apply_temperature",
+    "fit_temperature",
+    "mean_log_loss",
+    "calibrated_youden_threshold",
     "choose_threshold",
     "metrics_at",
     "full_report",
@@ -29,6 +33,38 @@ def apply_temperature(p, temperature: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logit(p) / float(temperature)))
 
 
+_EPS = 1e-7
+
+
+def mean_log_loss(y, p) -> float:
+    """The mean negative log-likelihood of 0/1 labels ``y`` given probabilities ``p``."""
+    p = np.clip(p, _EPS, 1 - _EPS)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def fit_temperature(y, p) -> float:
+    """The temperature that minimises the negative log-likelihood of labels ``y`` (0/1) given ``p``."""
+    y = np.asarray(y, np.float64)
+    z = logit(p)
+    result = minimize_scalar(lambda log_t: mean_log_loss(y, 1.0 / (1.0 + np.exp(-z / np.exp(log_t)))),
+                             bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def calibrated_youden_threshold(y, p) -> float:
+    """Youden's point estimated through the calibration: the threshold on ``p`` whose temperature-calibrated
+    probability equals the share of positives in ``y``.
+
+    For calibrated probabilities, sensitivity + specificity - 1 is largest where the two classes' score densities
+    cross, which is where P equals the prevalence of the data it was calibrated on. Estimated this way the threshold
+    rests on every image's probability, not on the few images where the empirical maximum happens to fall, which on
+    a validation split that the model ranks almost perfectly is a wide, flat plateau.
+    """
+    y = np.asarray(y, np.float64)
+    t = fit_temperature(y, p)
+    return float(apply_temperature(y.mean(), 1.0 / t))  # sigmoid(T * logit(prevalence)), on the raw scale
+
+
 def choose_threshold(y_true, prob, rule: str = "youden") -> float:
     """Decision threshold on P(pneumonia) chosen on *validation* data.
 
@@ -46,8 +82,6 @@ def choose_threshold(y_true, prob, rule: str = "youden") -> float:
     if rule == "fixed":
         return 0.5
     if rule == "calibrated_youden":
-        from core.calibration import calibrated_youden_threshold  # it imports this module
-
         return calibrated_youden_threshold(y_true, prob)
     if rule != "youden":
         raise ValueError(f"Unknown threshold rule {rule!r}. Available: youden, calibrated_youden, fixed")

@@ -87,7 +87,7 @@ def test_recipes_are_complete():
     assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15",
                             "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
                             "lungfocus_ft", "baseline_v11", "lungfocus_v9", "transfer_v16", "finetuned_v17",
-                            "lungfocus_v20"}
+                            "lungfocus_v20", "lungfocus_v22"}
     # v19 (section 15): 'baseline' on the sigma-3 low-pass, v11's kept; its notes say sigma 3 and no equalisation
     bl = RECIPES["baseline"]
     assert bl.blur_sigma == 3.0 and replace(bl, name="baseline_v11", blur_sigma=2.0, notes=[]) == \
@@ -111,8 +111,14 @@ def test_recipes_are_complete():
     assert not any("equalis" in n and "no histogram equalisation" not in n and "without equalisation" not in n
                    for n in ft.notes + RECIPES["transfer_v17"].notes)
     assert not RECIPES["lungfocus"].consistency_grid
+    # v23 (section 19): v10's fine-tuning recipe on v22's input, from v22's frozen-head recipe, kept as its stage 1
+    lf23, lf22 = RECIPES["lungfocus"], RECIPES["lungfocus_v22"]
+    assert lf23.init_from == "lungfocus_v22" and lf23.kind == "lungpool" and lf23.trainable_top_layers == 41
+    assert replace(lf23, name="lungfocus_ft", init_from="lungfocus_v9", equalize=True, blur_sigma=2.0, notes=[]) == \
+        replace(RECIPES["lungfocus_ft"], notes=[])
+    assert lf23.notes[0].startswith("Stage 2 of v22's 'lungfocus'") and lf23.notes[1:] == lf22.notes[1:-1]
     # v22 (section 18): v20's 'lungfocus' on the sigma-4 low-pass; v20 kept, and the notes say sigma 4, not 3
-    lf22, lf20 = RECIPES["lungfocus"], RECIPES["lungfocus_v20"]
+    lf20 = RECIPES["lungfocus_v20"]
     assert replace(lf22, name="lungfocus_v20", blur_sigma=3.0, notes=[]) == replace(lf20, notes=[])
     assert any("sigma 4 px)" in n for n in lf22.notes) and not any("sigma 3 px" in n for n in lf22.notes)
     assert any("six re-encoded views" in n for n in lf22.notes)
@@ -376,7 +382,7 @@ def test_the_number_of_reencoded_views_is_the_recipes(tmp_path, monkeypatch, cap
     from core.training import ENCODED_VIEWS, train
 
     assert ENCODED_VIEWS == 3 and "encoded_views" not in get_recipe("lungfocus_v9").to_dict()
-    assert get_recipe("lungfocus").to_dict()["encoded_views"] == 6
+    assert get_recipe("lungfocus_v22").to_dict()["encoded_views"] == 6
     for argv in (["finetuned", "--encoded-views", "6"], ["transfer", "--encoded-views", "0"]):
         with pytest.raises(SystemExit) as exit_:
             main(argv)
@@ -436,9 +442,10 @@ def test_a_lung_focused_model_trains_on_human_masks_and_serves_on_found_lungs(tm
 
 
 def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hirescam(tmp_path, monkeypatch):
-    """v22's 'lungfocus' on tiny data: a frozen-head run on the lung-pooled features of each image and its six
-    re-encoded views; the card records the blur (sigma 4, no equalisation) and the map method; serving needs no lungs
-    handed to it and shows the Keras model's own probability on the blurred input."""
+    """v23's 'lungfocus' on tiny data: its stage 1 (v22's recipe, 'lungfocus_v22') is a frozen-head run on the
+    lung-pooled features of each image and its six re-encoded views; stage 2 fine-tunes its top layers from it. The card
+    records the start, the blur (sigma 4, no equalisation) and the map method; serving needs no lungs handed to it and
+    shows the Keras model's own probability on the blurred input."""
     from PIL import Image
 
     from core.calibration import apply_temperature
@@ -449,11 +456,14 @@ def test_a_lung_pooled_model_trains_its_head_on_blurred_views_and_serves_hiresca
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
-    train(get_recipe("lungfocus").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
-    with np.load(tmp_path / "cache" / "runs" / "lungfocus" / "features.npz") as f:
+    train(get_recipe("lungfocus_v22").with_overrides(epochs=2, batch_size=8, val_fraction=0.25), data, out_root=out)
+    with np.load(tmp_path / "cache" / "runs" / "lungfocus_v22" / "features.npz") as f:
         assert len(f["train"]) == (1 + 6) * 12 and f["train"].shape[1] == 1280
-    card = load_card("lungfocus", out)
-    assert card.kind == "lungpool" and card.gradcam_method == "hirescam" and card.gradcam_layer == "top_activation"
+    train(get_recipe("lungfocus").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
+    card, start = load_card("lungfocus", out), load_card("lungfocus_v22", out)
+    assert card.kind == start.kind == "lungpool" and card.gradcam_method == "hirescam"
+    assert card.gradcam_layer == "top_activation" and card.initialised_from["model"] == "lungfocus_v22"
+    assert card.initialised_from["sha256"] == start.weights_sha256 and card.weights_sha256 != start.weights_sha256
     # a fresh process (the CLI, the app) loads it without having imported the builders first
     import subprocess
     import sys
