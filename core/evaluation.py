@@ -73,7 +73,7 @@ def choose_threshold(y_true, prob, rule: str = "youden") -> float:
         prob: Predicted P(pneumonia).
         rule: ``"youden"`` maximises sensitivity + specificity - 1 (ties: the threshold
             closest to 0.5); ``"calibrated_youden"`` estimates the same point through a temperature
-            calibration fitted on these data (:func:`core.calibration.calibrated_youden_threshold`);
+            calibration fitted on these data (:func:`calibrated_youden_threshold`);
             ``"fixed"`` returns 0.5.
 
     Returns:
