@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "WISE_FT_ALPHA_FIXED", "FROZEN_KINDS"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "WISE_FT_ALPHA_FIXED", "FROZEN_KINDS", "trains_head_only"]
 
 WISE_FT_ALPHA_FIXED = "fixed in the recipe before training, not chosen on data"
 FROZEN_KINDS = ("transfer", "lungpool")  # backbone frozen: the head trains on features computed once
+
+
+def trains_head_only(kind: str, trainable_top_layers: int = 0) -> bool:
+    """Whether a recipe (or a card's config) trains only a head on the frozen backbone's features, computed once for
+    each image and a fixed number of re-encoded views of it; a lung-pooled model whose top layers train (v23) does not.
+    """
+    return kind in FROZEN_KINDS and not trainable_top_layers
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from core.config import FROZEN_KINDS, RECIPES, get_recipe
+from core.config import RECIPES, get_recipe, trains_head_only
 from core.training import train
 
 __all__ = ["main"]
@@ -90,9 +90,11 @@ def main(argv=None) -> int:
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
         blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid,
         equalize=args.equalize, encoded_views=args.encoded_views)
-    if args.consistency_grid and get_recipe(args.recipe).kind not in FROZEN_KINDS:
+    base = get_recipe(args.recipe)
+    head_only = trains_head_only(base.kind, base.trainable_top_layers)
+    if args.consistency_grid and not head_only:
         parser.error(f"'{args.recipe}' trains its backbone; --consistency-grid applies to frozen-backbone heads")
-    if args.encoded_views is not None and (args.encoded_views < 1 or get_recipe(args.recipe).kind not in FROZEN_KINDS):
+    if args.encoded_views is not None and (args.encoded_views < 1 or not head_only):
         parser.error("--encoded-views takes a count of 1 or more and applies to frozen-backbone heads")
     if args.init_from and not get_recipe(args.recipe).init_from:
         parser.error(f"'{args.recipe}' is trained in one stage; --init-from applies to two-stage recipes")

@@ -29,7 +29,7 @@ from core.averaging import average_weights, soup_record, wise_ft
 from core.calibration import calibration_record
 from core.cards import assemble_card
 from core.checkpoints import Resumable, check_same_run, load_state, restore_counters, save_state, settings
-from core.config import FROZEN_KINDS, Recipe
+from core.config import Recipe, trains_head_only
 from core.data import Sample, class_weights, find_data_dir, fingerprint, list_split, load_images, split_train_val
 from core.evaluation import choose_threshold, metrics_at
 from core.lungs import find_mask_dir, load_masks
@@ -312,7 +312,7 @@ def _train_run(member: Recipe, folder: Path, data: _Data, start: _Start) -> tupl
     spent_before = state.setdefault("elapsed_s", 0.0)  # by earlier, interrupted calls
     keras.utils.set_random_seed(member.seed)
     model = _build(member, start.weights)
-    if member.kind in FROZEN_KINDS and not member.trainable_top_layers:
+    if trains_head_only(member.kind, member.trainable_top_layers):
         model = _fit_frozen_head(member, model, data, folder, state)
         model.save(folder / "best.keras")
     else:

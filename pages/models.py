@@ -5,7 +5,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
-from core.config import FROZEN_KINDS, WISE_FT_ALPHA_FIXED, Recipe
+from core.config import WISE_FT_ALPHA_FIXED, Recipe, trains_head_only
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -33,7 +33,7 @@ def epochs_text(card) -> str:
     if not soup:
         return f"{card.epochs_run} run, best at {card.best_epoch}"
     runs = ", ".join(f"seed {m['seed']}: best at {m['best_epoch']} of {m['epochs_run']}" for m in soup["members"])
-    return f"{len(soup['members'])} runs ({runs})"
+    return f"{len(soup['members'])} run{'s' if len(soup['members']) > 1 else ''} ({runs})"
 
 
 def soup_text(soup: dict) -> str:
@@ -80,7 +80,7 @@ def encoding_text(card) -> str:
     cfg = card.config
     if not cfg.get("encoding_augment"):
         return ""
-    if card.kind in FROZEN_KINDS:
+    if trains_head_only(card.kind, cfg.get("trainable_top_layers", 0)):
         return f"; trained on each image and {cfg.get('encoded_views', Recipe.encoded_views)} re-encoded views of it (resampling, blur, noise, JPEG)"
     return "; every image re-encoded at random (resampling, blur, noise, JPEG)"
 
@@ -99,7 +99,9 @@ def input_text(card) -> str:
 for tab, name in zip(st.tabs(names), names, strict=False):
     card = ui.card(name)
     cfg, data = card.config, card.data
-    mix_rows = f"| Weight average | {soup_text(card.soup)} |\n" if card.soup else ""
+    # a recipe of one seed records its run as a soup of one, which averages nothing
+    averaged = card.soup and len(card.soup["members"]) > 1
+    mix_rows = f"| Weight average | {soup_text(card.soup)} |\n" if averaged else ""
     mix_rows += f"| Mixed with its start | {wise_text(card.wise_ft)} |\n" if card.wise_ft else ""
     mix_rows += f"| Same answer under re-encoding | {consistency_text(card.consistency)} |\n" if card.consistency else ""
     with tab:
