@@ -23,7 +23,7 @@ from matplotlib.colors import Normalize  # noqa: E402
 
 from core.cards import DISCLAIMER  # noqa: E402
 from core.gradcam import overlay  # noqa: E402
-from core.inference import BORDERLINE, ImageReading, is_borderline, label_for  # noqa: E402
+from core.inference import BORDERLINE, BORDERLINE_NOTE, ImageReading, is_borderline, label_for  # noqa: E402
 from core.lungs import draw_outline  # noqa: E402
 
 __all__ = ["ReportModel", "case_report"]
@@ -124,8 +124,7 @@ def _draw(image, reading, models, lead, target, by_evidence, fmt, when) -> bytes
     fig.text(0.06, 0.295, verdict, fontsize=8, wrap=True, va="top")
     fig.text(0.06, 0.24, "The recommended model leads by a rule written in every model card (highest validation ROC "
              "AUC). Grad-CAM shows where a model found evidence, not what the finding is."
-             + (f" * Borderline: P lies within {BORDERLINE:.2f} of the threshold, as close as the same X-ray saved as "
-                "another file can move it; treat that label as uncertain." if borderline else ""),
+             + (" * " + BORDERLINE_NOTE.format(margin=BORDERLINE) if borderline else ""),
              fontsize=8, wrap=True, va="top")
     fig.text(0.06, 0.06, _plain(DISCLAIMER), fontsize=8, wrap=True, color="#8a1c1c")
     buf = io.BytesIO()

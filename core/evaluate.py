@@ -160,12 +160,17 @@ def _gradcam_summary(diagnoses, threshold: float) -> dict:
     }
 
 
+def own_validation(model, data_dir=None) -> list:
+    """The model's own validation split: the images its card says were held out of ``train`` (fraction and seed)."""
+    cfg = model.card.config
+    return split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])[1]
+
+
 def validation_summary(name: str, data_dir=None, root: Path | None = None) -> dict:
     """Metrics and explanation quality (where the lung masks are here) on the model's own validation split
     (as recorded in its card); writes nothing."""
     model = load_model(name, root)
-    cfg = model.card.config
-    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
+    val = own_validation(model, data_dir)
     diagnoses = _diagnoses(model, load_images(val))
     probs, labels = np.array([d.probability for d in diagnoses]), np.array([s.label for s in val])
     return {"model": name, "split": "validation", "roc_auc": float(roc_auc_score(labels, probs)),
@@ -184,8 +189,7 @@ def finer_maps_summary(name: str, data_dir=None, root: Path | None = None) -> di
     """Explanation quality of each of :data:`FINER_MAPS` for a Lite0 model on its validation split (writes
     nothing): does a finer map lie more on the lungs than the one served?"""
     model = load_model(name, root)
-    cfg = model.card.config
-    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
+    val = own_validation(model, data_dir)
     gray, out = load_images(val), {}
     model.gives_lungs = False  # maps only
     for layer, method in FINER_MAPS:
@@ -264,8 +268,7 @@ def threshold_rules_summary(name: str, data_dir=None, root: Path | None = None, 
     """:func:`core.calibration.compare_threshold_rules` on the model's own validation split (as its card records it),
     with the probabilities serving shows, grouped by patient; reads no test image."""
     model = load_model(name, root)
-    cfg = model.card.config
-    _, val = split_train_val(list_split(find_data_dir(data_dir), "train"), cfg["val_fraction"], cfg["seed"])
+    val = own_validation(model, data_dir)
     probs = np.array([d.probability for d in _diagnoses(model, load_images(val))])
     return {"card_threshold": model.threshold,
             **compare_threshold_rules([s.label for s in val], probs, [s.patient for s in val], halvings)}
