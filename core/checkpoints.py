@@ -28,10 +28,14 @@ class Resumable(keras.callbacks.Callback):
         self.run_dir, self.inner, self.state, self.stoppers = run_dir, inner, state, stoppers
         self.clock = (time.time(), state.get("elapsed_s", 0.0))  # so a killed run keeps the time it spent
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_started = time.time()
+
     def on_epoch_end(self, epoch, logs=None):
         started, spent_before = self.clock
         self.state["elapsed_s"] = spent_before + time.time() - started
         logs = {k: float(v) for k, v in (logs or {}).items()}
+        logs["seconds"] = time.time() - self.epoch_started  # wall time of this epoch, its validation included
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.state["history"].append({"epoch": epoch + 1, **logs})
         self.state["epoch"] = epoch + 1

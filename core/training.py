@@ -132,8 +132,9 @@ def _compile(model, recipe: Recipe) -> None:
 def _build(recipe: Recipe, weights: list | None = None) -> keras.Model:
     # a lung-pooled model finds the lungs with the shipped decoder (sha256-checked), frozen
     decoder = shipped_decoder() if recipe.kind == "lungpool" else None
+    # a stage 2 gets every weight from its start, so it needs no ImageNet weights (a GPU machine has no converter)
     model = build_model(recipe.kind, recipe.backbone, recipe.input_size, recipe.dropout,
-                        "imagenet", recipe.trainable_top_layers, decoder)
+                        "imagenet" if weights is None else None, recipe.trainable_top_layers, decoder)
     if weights is not None:
         model.set_weights(weights)
     return model

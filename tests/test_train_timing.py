@@ -1,0 +1,45 @@
+"""``python -m core.train_timing``: a recipe's training time on generated data, without the dataset."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.train_timing import main, synthetic_dataset, time_training
+
+
+def test_the_generated_dataset_has_aligned_lung_masks(tmp_path):
+    data, masks = synthetic_dataset(tmp_path, per_class=3)
+    images = sorted(p.relative_to(data / "train").with_suffix("") for p in (data / "train").rglob("*.jpeg"))
+    assert len(images) == 6 and images == sorted(p.relative_to(masks / "train").with_suffix("")
+                                                 for p in (masks / "train").rglob("*.png"))
+    mask = np.asarray(Image.open(masks / "train" / "NORMAL" / "IM-0000-0001.png")) > 0
+    image = np.asarray(Image.open(data / "train" / "NORMAL" / "IM-0000-0001.jpeg"), np.float32)
+    assert 0.15 < mask.mean() < 0.5 and image[mask].mean() > image[~mask].mean() + 60  # bright lungs on a dark frame
+
+
+def test_a_two_stage_lung_focused_recipe_is_timed_from_the_shipped_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMONIA_CACHE", "kept")
+    monkeypatch.delenv("PNEUMONIA_MASKS_DIR", raising=False)
+    result = time_training("lungfocus", per_class=10, epochs=2, work=tmp_path)
+    assert result["recipe"] == "lungfocus" and result["train_images"] == 18 and result["steps_per_epoch"] == 1
+    assert len(result["epoch_s"]) == 2 and all(s > 0 for s in result["epoch_s"])
+    assert result["ms_per_step"] == [1000 * s for s in result["epoch_s"]]
+    assert result["augmentation_layers"] and result["augmentation_ms_per_batch"] > 0
+    assert result["backend"] == "tensorflow"
+    assert os.environ["PNEUMONIA_CACHE"] == "kept" and "PNEUMONIA_MASKS_DIR" not in os.environ  # given back
+
+
+def test_the_cli_prints_one_json_line(capsys):
+    assert main(["--recipe", "baseline", "--per-class", "10", "--epochs", "1", "--no-augment"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["recipe"] == "baseline" and len(result["epoch_s"]) == 1
+    assert result["augmentation_layers"] is False and result["augmentation_ms_per_batch"] is None
+
+
+def test_too_few_images_for_a_validation_split_is_refused_with_a_reason(capsys):
+    with pytest.raises(SystemExit):
+        main(["--recipe", "baseline", "--per-class", "4"])
+    assert "at least 10 images per class, not 4" in capsys.readouterr().err
