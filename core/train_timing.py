@@ -5,7 +5,8 @@ augmentation layers) on generated 224 x 224 images with lung masks, so it needs 
 two-stage recipe, the ImageNet weights: the shipped model of the recipe's name is its start (its weights change
 the numbers, not the time). Made for a GPU machine (``KERAS_BACKEND=jax``; docs/lungs.md §22); on any machine it
 prints one JSON object: seconds and milliseconds per step of each epoch (the first includes compiling), images per
-second, and the recipe's augmentation layers alone on one batch on this backend.
+second, and the recipe's augmentation layers alone on one batch on this backend. A head on a frozen backbone
+(``transfer``) trains on features computed once: it reports the whole run's time only.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import keras
 import numpy as np
 from PIL import Image
 
-from core.config import RECIPES, get_recipe
+from core.config import RECIPES, get_recipe, trains_head_only
 from core.models import augmentation, input_spec_for
 from core.registry import models_dir
 from core.runtime import hardware
@@ -123,11 +124,13 @@ def _time_training(name: str, per_class: int, epochs: int, work: Path, models: P
         rows = list(csv.DictReader(f))
     card = json.loads((folder / "card.json").read_text())
     steps = -(-card["data"]["train_images"] // recipe.batch_size)
-    seconds = [float(r["seconds"]) for r in rows]
+    # a head on a frozen backbone trains on features computed once: only the whole run's time means anything
+    seconds = [float(r["seconds"]) for r in rows] if not trains_head_only(recipe.kind, recipe.trainable_top_layers) \
+        else None
     return {"recipe": name, "augmentation_layers": recipe.augment, "backend": keras.backend.backend(),
             "hardware": hardware(), "data_workers": data_workers(), "train_images": card["data"]["train_images"], "steps_per_epoch": steps, "epoch_s": seconds,
-            "ms_per_step": [1000 * s / steps for s in seconds],
-            "images_per_s_last_epoch": card["data"]["train_images"] / seconds[-1],
+            "ms_per_step": seconds and [1000 * s / steps for s in seconds],
+            "images_per_s_last_epoch": seconds and card["data"]["train_images"] / seconds[-1],
             "augmentation_ms_per_batch": time_augmentation(recipe, recipe.batch_size),
             "total_s": time.time() - started}
 

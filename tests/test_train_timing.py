@@ -43,3 +43,8 @@ def test_too_few_images_for_a_validation_split_is_refused_with_a_reason(capsys):
     with pytest.raises(SystemExit):
         main(["--recipe", "baseline", "--per-class", "4"])
     assert "at least 10 images per class, not 4" in capsys.readouterr().err
+
+
+def test_a_frozen_backbone_head_reports_the_whole_run_only(tmp_path):
+    result = time_training("transfer", per_class=10, epochs=2, work=tmp_path)
+    assert result["epoch_s"] is None and result["ms_per_step"] is None and result["total_s"] > 0
