@@ -7,6 +7,7 @@ from scipy.optimize import minimize_scalar
 from sklearn import metrics as skm
 
 __all__ = [
+    "classification_rows",
     "logit",
     "apply_temperature",
     "fit_temperature",
@@ -111,6 +112,28 @@ def metrics_at(y_true, prob, threshold: float) -> dict:
         "f1": float(skm.f1_score(y_true, pred, zero_division=0)),
         "confusion_matrix": {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)},
     }
+
+
+def classification_rows(y_true, prob, threshold: float) -> list[dict]:
+    """scikit-learn's classification report at a threshold, one dict per row as it prints them: each class, then
+    ``accuracy`` (its ``f1-score`` is the accuracy, its ``support`` every image; no precision or recall), then the
+    macro and weighted averages. A precision is ``None`` (undefined) for a class that no image is called, and so
+    is the averages' precision then (scikit-learn would average the defined one alone)."""
+    y_true = np.asarray(y_true).astype(int)
+    pred = (np.asarray(prob) >= threshold).astype(int)
+    report = skm.classification_report(y_true, pred, labels=[0, 1], target_names=["NORMAL", "PNEUMONIA"],
+                                       output_dict=True, zero_division=np.nan)
+    undefined = any(np.isnan(report[c]["precision"]) for c in ("NORMAL", "PNEUMONIA"))
+
+    def row(name: str) -> dict:
+        r = report[name]
+        return {"class": name, **{k: None if np.isnan(r[k]) or (k == "precision" and undefined and "avg" in name)
+                                  else float(r[k]) for k in ("precision", "recall", "f1-score")},
+                "support": int(r["support"])}
+
+    return [row("NORMAL"), row("PNEUMONIA"),
+            {"class": "accuracy", "f1-score": float(report["accuracy"]), "support": len(y_true)},
+            row("macro avg"), row("weighted avg")]
 
 
 def calibration_bins(y_true, prob, n_bins: int = 10) -> list[dict]:

@@ -6,10 +6,9 @@ import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
-from sklearn.metrics import classification_report
 
 from core.calibration import apply_temperature, expected_calibration_error
-from core.evaluation import calibration_bins, interval_text, metrics_at
+from core.evaluation import calibration_bins, classification_rows, interval_text, metrics_at
 from pages import _ui as ui
 
 ui.ensure_app(__file__)
@@ -72,10 +71,15 @@ with left:
     st.dataframe(matrix.style.background_gradient(cmap="Blues", axis=None), key="tm_cm_table", width="stretch")
 with right:
     st.subheader("Classification report")
-    pred = (df.probability >= threshold).astype(int)
-    rep = classification_report(df.y, pred, labels=[0, 1], target_names=["NORMAL", "PNEUMONIA"], output_dict=True,
-                                zero_division=0)
-    st.dataframe(pd.DataFrame(rep).T.round(3), width="stretch")
+    rows = classification_rows(df.y, df.probability, threshold)
+
+    def cell(row: dict, key: str) -> str:  # blank: not part of that row; n/a: undefined (no image called that class)
+        if key not in row:
+            return ""
+        return "n/a" if row[key] is None else str(row[key]) if key == "support" else f"{row[key]:.3f}"
+
+    st.dataframe(pd.DataFrame([{k: cell(r, k) for k in ("precision", "recall", "f1-score", "support")} for r in rows],
+                              index=[r["class"] for r in rows]), width="stretch")
 
 left, right = st.columns(2)
 with left:

@@ -395,6 +395,9 @@ def test_metrics_page_shows_undefined_precision_and_the_exact_threshold(shipped_
     precision = next(m for m in at.metric if m.label == "Precision")
     assert not at.exception and precision.value == "n/a"
     assert len([d for d in at.dataframe if "predicted NORMAL" in d.value.columns]) == 1  # the matrix, once
+    report = next(d.value for d in at.dataframe if "f1-score" in d.value.columns)
+    assert report.loc["PNEUMONIA", "precision"] == "n/a" and report.loc["NORMAL", "precision"] != "n/a"
+    assert report.loc["accuracy", "support"] == "624" and report.loc["accuracy", "precision"] == ""
 
 
 def test_the_withheld_warning_changes_once_the_user_asks(shipped_models):

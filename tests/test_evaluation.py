@@ -127,3 +127,22 @@ def test_summary_line_when_no_image_was_called_pneumonia():
 def test_precision_is_undefined_when_nothing_is_called_pneumonia():
     m = metrics_at(Y, P, 1.01)
     assert m["precision"] is None and m["sensitivity"] == 0 and m["f1"] == 0
+
+
+def test_the_classification_report_rows_are_sklearns_with_undefined_precision_and_a_whole_accuracy_row():
+    from sklearn.metrics import classification_report
+
+    from core.evaluation import classification_rows
+
+    rows = classification_rows(Y, P, 0.5)
+    assert [r["class"] for r in rows] == ["NORMAL", "PNEUMONIA", "accuracy", "macro avg", "weighted avg"]
+    report = classification_report(Y, P >= 0.5, target_names=["NORMAL", "PNEUMONIA"], output_dict=True)
+    for r in rows[:2] + rows[3:]:
+        assert r["precision"] == pytest.approx(report[r["class"]]["precision"]) and r["support"] == \
+            report[r["class"]]["support"]
+    assert rows[2] == {"class": "accuracy", "f1-score": pytest.approx(0.8), "support": 10}  # no precision or recall
+
+    nothing_called = {r["class"]: r for r in classification_rows(Y, P, 1.01)}
+    assert nothing_called["PNEUMONIA"]["precision"] is None and nothing_called["PNEUMONIA"]["recall"] == 0
+    assert nothing_called["macro avg"]["precision"] is None and nothing_called["weighted avg"]["precision"] is None
+    assert nothing_called["NORMAL"]["precision"] == pytest.approx(0.4) and nothing_called["accuracy"]["support"] == 10
