@@ -46,8 +46,8 @@ def gallery(cases, kind: str) -> None:
     if not have_images:
         st.dataframe(chunk[["filename", "label", "probability"]], hide_index=True, width="stretch")
         return
-    cases = tuple(zip(chunk.filename, chunk.label, strict=True))
-    pictures = ui.test_overlays(name, cases) if show_cam else [ui.test_image(f, label) for f, label in cases]
+    shown = tuple(zip(chunk.filename, chunk.label, strict=True))
+    pictures = ui.test_overlays(name, shown) if show_cam else [ui.test_image(f, label) for f, label in shown]
     cols = st.columns(4)
     for i, (row, picture) in enumerate(zip(chunk.itertuples(), pictures, strict=True)):
         with cols[i % 4]:

@@ -304,6 +304,10 @@ def test_misclassified_pages_from_the_bottom_and_names_identical_images(shipped_
     assert at.number_input(key=key).value == 1
     at.button(key=f"{key}_next").click().run()
     assert not at.exception and at.number_input(key=key).value == 2
+    from pages._ui import predictions
+
+    normals = int((predictions(name).y == 0).sum())
+    assert f"· cases 13–24 of {normals}" in [c.value for c in at.caption if c.value.startswith("Page 2 of")][0]
     at.button(key=f"{key}_prev").click().run()
     assert at.number_input(key=key).value == 1
     # page through to NORMAL2-IM-0095-0001, which the test set holds twice (also as NORMAL2-IM-0096-0001)
