@@ -5,7 +5,8 @@ augmentation layers) on generated 224 x 224 images with lung masks, so it needs 
 two-stage recipe, the ImageNet weights: the shipped model of the recipe's name is its start (its weights change
 the numbers, not the time). Made for a GPU machine (``KERAS_BACKEND=jax``; docs/lungs.md §22); on any machine it
 prints one JSON object: seconds and milliseconds per step of each epoch (the first includes compiling), images per
-second, and the recipe's augmentation layers alone on one batch on this backend. A head on a frozen backbone
+second; then the recipe's augmentation layers alone on one batch, and one training step on a fixed batch without
+the pipeline or the augmentation (the device's own share), on this backend. A head on a frozen backbone
 (``transfer``) trains on features computed once: it reports the whole run's time only.
 """
 
@@ -31,7 +32,7 @@ from core.registry import models_dir
 from core.runtime import hardware
 from core.training import data_workers, train
 
-__all__ = ["synthetic_dataset", "time_augmentation", "time_training", "main"]
+__all__ = ["synthetic_dataset", "time_augmentation", "time_step", "time_training", "main"]
 
 
 def synthetic_dataset(root: Path, per_class: int, size: int = 224, seed: int = 0) -> tuple[Path, Path]:
@@ -89,6 +90,21 @@ def time_augmentation(recipe, batch_size: int = 32, repeats: int = 5) -> float |
     return (time.perf_counter() - start) / repeats * 1000
 
 
+def time_step(model: keras.Model, recipe, repeats: int = 5) -> float:
+    """Milliseconds of one training step of ``model`` (its trainable layers as trained) on a fixed random batch,
+    compiled, without the batch pipeline or the augmentation layers: what the device itself costs a step."""
+    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
+                  loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing))
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((recipe.batch_size, *model.inputs[0].shape[1:]), dtype=np.float32)
+    y = rng.integers(0, 2, (recipe.batch_size, 1)).astype(np.float32)
+    model.train_on_batch(x, y)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        model.train_on_batch(x, y)
+    return (time.perf_counter() - start) / repeats * 1000
+
+
 def time_training(name: str, per_class: int, epochs: int, work: Path, models: Path | None = None,
                   augment: bool = True) -> dict:
     """Train recipe ``name`` (one run: no soup, no WiSE-FT; without its augmentation layers unless ``augment``) for
@@ -132,6 +148,7 @@ def _time_training(name: str, per_class: int, epochs: int, work: Path, models: P
             "ms_per_step": seconds and [1000 * s / steps for s in seconds],
             "images_per_s_last_epoch": seconds and card["data"]["train_images"] / seconds[-1],
             "augmentation_ms_per_batch": time_augmentation(recipe, recipe.batch_size),
+            "step_ms_fixed_batch": seconds and time_step(keras.saving.load_model(folder / "model.keras"), recipe),
             "total_s": time.time() - started}
 
 
