@@ -30,7 +30,7 @@ from core.registry import (
     models_dir,
 )
 
-__all__ = ["BEGIN", "END", "BLOCKS", "results_table", "lungs_table", "generated", "block_in", "update_docs", "main"]
+__all__ = ["BEGIN", "END", "BLOCKS", "results_table", "standing_table", "lungs_table", "generated", "block_in", "update_docs", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -59,6 +59,20 @@ def results_table(root=None) -> str:
                                                                             "template_index"))
             + f" | {card.training_time_s / 60:.1f} min |"
         )
+    return "\n".join(lines)
+
+
+def standing_table(root=None) -> str:
+    """The shipped models' test accuracy, ROC AUC and explanation quality, short (the head of docs/lungs.md)."""
+    root = root or models_dir()
+    lines = ["| model | test accuracy / ROC AUC | energy / pointing / template |", "|---|---|---|"]
+    for name in available_models(root):
+        r = load_metrics(name, root)
+        if r is not None:
+            lines.append(f"| `{name}` | {r['at_card_threshold']['accuracy']:.3f} / {r['roc_auc']:.3f} | "
+                         + " / ".join(_number(r.get("explanation", {}).get(k)) for k in ("lung_energy_mean",
+                                                                                          "pointing_game",
+                                                                                          "template_index")) + " |")
     return "\n".join(lines)
 
 
@@ -93,6 +107,7 @@ def _from_json(path_of, make, command: str):
 # block name -> (the file it sits in, relative to the repository, and how to make it)
 BLOCKS = {
     "results": ("README.md", results_table),
+    "standing": ("docs/lungs.md", standing_table),
     "speed": ("docs/speed.md", _from_json(benchmark_file, speed_table, "python -m core.bench")),
     "ood": ("docs/security.md", _from_json(lambda: guard_files().report, guard_table, "python -m core.ood --report")),
     "invariance": ("docs/lungs.md", _from_json(invariance_file, invariance_table,
