@@ -20,12 +20,15 @@ from pages import _ui as ui
 ui.ensure_app(__file__)
 
 CLASS_CHOICES = {"Evidence for pneumonia": "PNEUMONIA", "Evidence for normal": "NORMAL"}
-SCALES = {"Normalised per image": "1 = the strongest evidence in this image, whatever the probability",
-          "Scaled by the evidence": "1 = the strongest evidence in this image at a probability of 100 %; a weak finding "
-                                    "stays faint"}
-SCALE_HELP = ("Normalised per image: every map is stretched to its own maximum, so a 9 % image can look as hot as a "
-              "98 % one (where the model looked). Scaled by the evidence: the same map times the model's probability "
-              "of the class it explains (how strongly it believes it).")
+# the first is the default: a map that a model barely believes in stays faint, so that a 0.5 % image does not show a
+# red hot spot that reads like a finding; normalised per image shows where a model looked, however weakly
+SCALES = {"Scaled by the evidence": "1 = the strongest evidence in this image at a probability of 100 %; a weak finding "
+                                    "stays faint",
+          "Normalised per image": "1 = the strongest evidence in this image, whatever the probability"}
+SCALE_HELP = ("Scaled by the evidence (the default): the map times the model's probability of the class it explains "
+              "(how strongly it believes it), so weak and strong findings look different. Normalised per image: every "
+              "map is stretched to its own maximum, so a 9 % image can look as hot as a 98 % one (where the model "
+              "looked, for teaching how it behaves).")
 
 st.title("Diagnose a chest X-ray")
 st.caption(ui.DISCLAIMER)

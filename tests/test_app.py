@@ -434,14 +434,15 @@ def test_diagnose_heatmaps_have_a_colour_scale_and_a_choice_of_scaling(shipped_m
     at = _app()
     data = (samples_dir / "IM-0061-0001.jpeg").read_bytes()
     at.file_uploader(key="dx_upload").set_value(("chest.jpeg", data, "image/jpeg")).run()
+    # by default a map is scaled by the evidence: a model that barely believes in pneumonia shows a faint map
     captions = [c for img in at.get("image") for c in img.captions if c.startswith(("Grad-CAM", "HiResCAM"))]
-    assert len(captions) == len(shipped_models) and all("normalised per image" in c for c in captions)
+    assert len(captions) == len(shipped_models) and all("scaled by it" in c for c in captions)
     assert all("explains P(pneumonia) = " in c for c in captions)
-    assert any("Heatmap colours (normalised per image)" in c.value for c in at.caption)
-    at.radio(key="dx_scale").set_value("Scaled by the evidence").run()
-    captions = [c for img in at.get("image") for c in img.captions if c.startswith(("Grad-CAM", "HiResCAM"))]
-    assert not at.exception and all("scaled by it" in c for c in captions)
     assert any("Heatmap colours (scaled by the evidence)" in c.value for c in at.caption)
+    at.radio(key="dx_scale").set_value("Normalised per image").run()
+    captions = [c for img in at.get("image") for c in img.captions if c.startswith(("Grad-CAM", "HiResCAM"))]
+    assert not at.exception and all("normalised per image" in c for c in captions)
+    assert any("Heatmap colours (normalised per image)" in c.value for c in at.caption)
 
 
 def test_diagnose_leads_with_the_recommended_model_and_states_agreement(shipped_models, samples_dir):
