@@ -2,7 +2,7 @@
 
 Measures in one process on this machine, after warm-up, medians and p95 over repeated runs:
 1. bare compiled forward pass, one image, per model;
-2. our diagnose path (decode -> preprocess -> probability + Grad-CAM -> heatmap), one image;
+2. our diagnose path (decode -> preprocess -> probability + Grad-CAM -> heatmap), one image, and each of its steps;
 3. the reference recipe (keras.io's Grad-CAM tutorial: ``model.predict``, then an eager
    grad-model under ``GradientTape``) on the same model and image;
 4. scoring the 624 test images: our batched path vs a bare batched forward;
@@ -25,12 +25,12 @@ import numpy as np
 from core.browser import BrowserUnavailable, cold_start
 from core.data import find_data_dir, list_split, load_images
 from core.inference import load_model, read_upload
-from core.preprocessing import to_model_input
+from core.preprocessing import low_pass, to_model_input
 from core.registry import available_models, benchmark_file
 from core.runtime import compiled_forward, hardware
 from core.segmenter import LungSegmenter
 
-__all__ = ["timeit", "rss_mb", "reference_gradcam", "bench_model", "memory_growth", "BARS", "bar_status", "speed_table",
+__all__ = ["timeit", "rss_mb", "reference_gradcam", "bench_model", "path_breakdown", "STEPS", "memory_growth", "BARS", "bar_status", "speed_table",
            "main"]
 
 
@@ -107,6 +107,7 @@ def bench_model(name: str, image_bytes: bytes, test_gray: np.ndarray, repeats: i
 
     row = {
         "lungs_in_pass": loaded.gives_lungs,
+        "breakdown": path_breakdown(loaded, image_bytes, repeats),
         "bare_forward": timeit(lambda: forward(x).numpy(), repeats),
         "ours_diagnose": timeit(ours, repeats),
         "reference_recipe": timeit(reference, max(5, repeats // 5)),
@@ -119,6 +120,34 @@ def bench_model(name: str, image_bytes: bytes, test_gray: np.ndarray, repeats: i
     row["reference_over_ours"] = row["reference_recipe"]["median_ms"] / row["ours_diagnose"]["median_ms"]
     row["test_set_ours_over_bare"] = row["test_set_ours_s"] / row["test_set_bare_s"]
     return row
+
+
+STEPS = ("read_upload", "lungs", "model_input", "compiled_call", "heatmap")
+
+
+def path_breakdown(loaded, image_bytes: bytes, repeats: int) -> dict:
+    """Median milliseconds of each step of one diagnosis (the "ours" of :func:`bench_model`): reading the file, the
+    lungs (a model that needs them first), the model input (its blur alone beside it), the compiled call
+    (probability, map, and the lungs where the pass gives them), the heatmap; ``rest`` is the whole diagnosis minus
+    those steps (the Python between them, and timing noise)."""
+    gray, spec = read_upload(image_bytes).gray, loaded.spec
+    masks = loaded.segmenter.masks(gray[None]) if loaded.needs_lungs else None
+    x = to_model_input(gray[None], spec, masks)
+    call = loaded.explainer.with_head if loaded.gives_lungs else loaded.explainer
+    d = loaded.diagnose_gray(gray, lungs=True)[0]
+    steps = {
+        "read_upload": lambda: read_upload(image_bytes),
+        "lungs": (lambda: loaded.segmenter.masks(gray[None])) if loaded.needs_lungs else None,
+        "model_input": lambda: to_model_input(gray[None], spec, masks),
+        "blur": (lambda: low_pass(gray, spec.blur_sigma)) if spec.blur_sigma else None,
+        "compiled_call": lambda: call(x),
+        "heatmap": lambda: d.heatmap((224, 224), d.label),
+        "diagnose": lambda: loaded.diagnose_gray(read_upload(image_bytes).gray, lungs=True)[0].heatmap((224, 224),
+                                                                                                      d.label),
+    }
+    out = {k: timeit(fn, repeats)["median_ms"] for k, fn in steps.items() if fn is not None}
+    out["rest"] = out["diagnose"] - sum(out.get(k, 0.0) for k in STEPS)
+    return out
 
 
 def memory_growth(name: str, image_bytes: bytes) -> dict:
@@ -161,6 +190,15 @@ def speed_table(result: dict) -> str:
             f"{r['reference_recipe']['median_ms']:.1f} (p95 {r['reference_recipe']['p95_ms']:.1f}) | "
             f"{r['ours_over_bare']:.2f}× | {r['reference_over_ours']:.1f}× | {r['test_set_bare_s']:.2f} | "
             f"{r['test_set_ours_s']:.2f} | {r['test_set_ours_over_bare']:.2f}× |")
+    if all("breakdown" in r for r in result["models"].values()):
+        lines += ["", "Where one diagnosis spends its time (medians, ms; `rest`: the Python between the steps, and noise):",
+                  "", "| model | read the file | lungs first | model input (its blur) | compiled call | heatmap | rest "
+                  "| diagnosis |", "|---|---|---|---|---|---|---|---|"]
+        for name, r in result["models"].items():
+            b = r["breakdown"]
+            lines.append(f"| {name} | {b['read_upload']:.2f} | " + (f"{b['lungs']:.2f}" if "lungs" in b else "—")
+                         + f" | {b['model_input']:.2f}" + (f" ({b['blur']:.2f})" if "blur" in b else "")
+                         + f" | {b['compiled_call']:.2f} | {b['heatmap']:.2f} | {b['rest']:.2f} | {b['diagnose']:.2f} |")
     m = result["memory"]
     lines.append("")
     lines.append("- Bars: " + "; ".join(f"{text}: {'holds' if ok else 'missed'} ({', '.join(names) or 'every model'})"

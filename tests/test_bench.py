@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from core.bench import BARS, bar_status, bench_model, memory_growth, rss_mb, speed_table, timeit
+from core.bench import BARS, STEPS, bar_status, bench_model, memory_growth, rss_mb, speed_table, timeit
 from core.data import list_split, load_images
-from core.registry import benchmark_file
+from core.registry import benchmark_file, load_card
 
 
 def test_timeit_reports_median_and_p95():
@@ -33,6 +33,10 @@ def test_the_benchmark_measures_every_path(shipped_models, data_dir):
     assert all(np.isfinite(row[k]) and row[k] > 0 for k in ("ours_over_bare", "reference_over_ours",
                                                               "test_set_ours_over_bare"))
     assert np.isfinite(rss_mb())
+    steps = row["breakdown"]  # each step of the diagnosis, and what is left between them
+    assert all(steps[k] > 0 for k in ("read_upload", "model_input", "compiled_call", "heatmap", "diagnose"))
+    assert steps["rest"] == pytest.approx(steps["diagnose"] - sum(steps.get(k, 0) for k in STEPS))
+    assert ("lungs" in steps) == bool(load_card(shipped_models[-1]).spec.lung_margin)
 
 
 @pytest.mark.slow
@@ -49,6 +53,7 @@ def test_the_shipped_benchmark_reports_its_bars_truthfully():
     assert result["models"] and abs(result["memory"]["growth"]) <= 0.05
     assert all(r["reference_over_ours"] >= 5 for r in result["models"].values())
     table = speed_table(result)
+    assert all("breakdown" in r for r in result["models"].values()) and "Where one diagnosis spends its time" in table
     for text, ok, missed in bar_status(result):
         assert f"{text}: {'holds' if ok else 'missed'}" in table
         assert all(not meets(result["models"][m]) for m in missed for t, meets in BARS if t == text)
