@@ -9,7 +9,8 @@ film (:mod:`core.scope`), or has no plausible pair of lungs (the guard), is stil
 gain ``"ood": true``, a short ``"reason"`` and a ``"warning"``; so do those of a film stated to be an adult's (by
 its DICOM header, by ``--age`` for files whose header states no age, or by its lungs' width in cm: docs/scope.md).
 ``--heatmap-dir`` gets an overlay PNG per (file, model); with ``--maps`` also ``<stem>.<model>.npy``,
-the 224 x 224 float32 map in [0, 1] as displayed, explaining P(pneumonia). ``--lung-dir`` gets
+the 224 x 224 float32 map in [0, 1] as displayed normalised per image (the dashboard's other scale
+multiplies it by P), explaining P(pneumonia). ``--lung-dir`` gets
 ``<stem>.lungs.png`` (224 x 224, 255 = lung). Exit status: 0 when every file was scored, 1 when any
 file was refused, 2 for a usage error.
 """
