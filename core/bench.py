@@ -30,7 +30,8 @@ from core.registry import available_models, benchmark_file
 from core.runtime import compiled_forward, hardware
 from core.segmenter import LungSegmenter
 
-__all__ = ["timeit", "rss_mb", "reference_gradcam", "bench_model", "path_breakdown", "STEPS", "memory_growth", "BARS", "bar_status", "speed_table",
+__all__ = ["timeit", "rss_mb", "reference_gradcam", "bench_model", "path_breakdown", "STEPS", "memory_growth", "BARS",
+           "bar_status", "speed_table",
            "main"]
 
 
@@ -191,14 +192,16 @@ def speed_table(result: dict) -> str:
             f"{r['ours_over_bare']:.2f}× | {r['reference_over_ours']:.1f}× | {r['test_set_bare_s']:.2f} | "
             f"{r['test_set_ours_s']:.2f} | {r['test_set_ours_over_bare']:.2f}× |")
     if all("breakdown" in r for r in result["models"].values()):
-        lines += ["", "Where one diagnosis spends its time (medians, ms; `rest`: the Python between the steps, and noise):",
+        lines += ["", "Where one diagnosis spends its time (medians, ms; `rest`: the Python between the steps, and "
+                  "noise):",
                   "", "| model | read the file | lungs first | model input (its blur) | compiled call | heatmap | rest "
                   "| diagnosis |", "|---|---|---|---|---|---|---|---|"]
         for name, r in result["models"].items():
             b = r["breakdown"]
             lines.append(f"| {name} | {b['read_upload']:.2f} | " + (f"{b['lungs']:.2f}" if "lungs" in b else "—")
                          + f" | {b['model_input']:.2f}" + (f" ({b['blur']:.2f})" if "blur" in b else "")
-                         + f" | {b['compiled_call']:.2f} | {b['heatmap']:.2f} | {b['rest']:.2f} | {b['diagnose']:.2f} |")
+                         + f" | {b['compiled_call']:.2f} | {b['heatmap']:.2f} | {b['rest']:.2f} "
+                           f"| {b['diagnose']:.2f} |")
     m = result["memory"]
     lines.append("")
     lines.append("- Bars: " + "; ".join(f"{text}: {'holds' if ok else 'missed'} ({', '.join(names) or 'every model'})"

@@ -30,7 +30,8 @@ from core.registry import (
     models_dir,
 )
 
-__all__ = ["BEGIN", "END", "BLOCKS", "results_table", "standing_table", "lungs_table", "generated", "block_in", "update_docs", "main"]
+__all__ = ["BEGIN", "END", "BLOCKS", "results_table", "standing_table", "lungs_table", "generated", "block_in",
+           "update_docs", "main"]
 
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 

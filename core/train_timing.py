@@ -1,13 +1,13 @@
-"""``python -m core.train_timing [--recipe NAME] [--per-class N] [--epochs E] [--no-augment]``: how fast does a recipe train here?
+"""``python -m core.train_timing [--recipe NAME] [--per-class N] [--epochs E] [--no-augment]``: training speed.
 
-Times the real training code (:func:`core.training.train`: the batch pipeline, its threads and the recipe's
-augmentation layers) on generated 224 x 224 images with lung masks, so it needs neither the dataset nor, for a
-two-stage recipe, the ImageNet weights: the shipped model of the recipe's name is its start (its weights change
-the numbers, not the time). Made for a GPU machine (``KERAS_BACKEND=jax``; docs/lungs.md §22); on any machine it
-prints one JSON object: seconds and milliseconds per step of each epoch (the first includes compiling), images per
-second; then the recipe's augmentation layers alone on one batch, and one training step on a fixed batch without
-the pipeline or the augmentation (the device's own share), on this backend. A head on a frozen backbone
-(``transfer``) trains on features computed once: it reports the whole run's time only.
+How fast does a recipe train here? It times the real training code (:func:`core.training.train`: the batch pipeline,
+its threads and the recipe's augmentation layers) on generated 224 x 224 images with lung masks, so it needs neither
+the dataset nor, for a two-stage recipe, the ImageNet weights: the shipped model of the recipe's name is its start
+(its weights change the numbers, not the time). Made for a GPU machine (``KERAS_BACKEND=jax``; docs/lungs.md §22);
+on any machine it prints one JSON object: seconds and milliseconds per step of each epoch (the first includes
+compiling), images per second; then the recipe's augmentation layers alone on one batch, and one training step on a
+fixed batch without the pipeline or the augmentation (the device's own share), on this backend. A head on a frozen
+backbone (``transfer``) trains on features computed once: it reports the whole run's time only.
 """
 
 from __future__ import annotations
@@ -133,9 +133,14 @@ def _time_training(name: str, per_class: int, epochs: int, work: Path, models: P
     out = work / "out"
     out.mkdir(parents=True, exist_ok=True)
     if recipe.init_from:  # the shipped model of this name stands in for its stage 1
-        shutil.copytree(Path(models or models_dir()) / name, out / recipe.init_from)
+        stand_in = Path(models or models_dir()) / name
+        if not (stand_in / "model.keras").exists():
+            raise ValueError(f"'{name}' starts from '{recipe.init_from}': no model '{name}' in {stand_in.parent} "
+                             "to stand in for it (--models-dir).")
+        shutil.copytree(stand_in, out / recipe.init_from)
     started = time.time()
     folder = train(recipe, data, out_root=out, fresh=True)
+    trained_s = time.time() - started
     with open(folder / "history.csv") as f:
         rows = list(csv.DictReader(f))
     card = json.loads((folder / "card.json").read_text())
@@ -144,12 +149,13 @@ def _time_training(name: str, per_class: int, epochs: int, work: Path, models: P
     seconds = [float(r["seconds"]) for r in rows] if not trains_head_only(recipe.kind, recipe.trainable_top_layers) \
         else None
     return {"recipe": name, "augmentation_layers": recipe.augment, "backend": keras.backend.backend(),
-            "hardware": hardware(), "data_workers": data_workers(), "train_images": card["data"]["train_images"], "steps_per_epoch": steps, "epoch_s": seconds,
+            "hardware": hardware(), "data_workers": data_workers(), "train_images": card["data"]["train_images"],
+            "steps_per_epoch": steps, "epoch_s": seconds,
             "ms_per_step": seconds and [1000 * s / steps for s in seconds],
             "images_per_s_last_epoch": seconds and card["data"]["train_images"] / seconds[-1],
+            "total_s": trained_s,  # the whole training call: loading, the epochs (or features and head), the card
             "augmentation_ms_per_batch": time_augmentation(recipe, recipe.batch_size),
-            "step_ms_fixed_batch": seconds and time_step(keras.saving.load_model(folder / "model.keras"), recipe),
-            "total_s": time.time() - started}
+            "step_ms_fixed_batch": seconds and time_step(keras.saving.load_model(folder / "model.keras"), recipe)}
 
 
 def main(argv=None) -> int:

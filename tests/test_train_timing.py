@@ -27,7 +27,8 @@ def test_a_two_stage_lung_focused_recipe_is_timed_from_the_shipped_model(tmp_pat
     assert result["recipe"] == "lungfocus" and result["train_images"] == 18 and result["steps_per_epoch"] == 1
     assert len(result["epoch_s"]) == 2 and all(s > 0 for s in result["epoch_s"])
     assert result["ms_per_step"] == [1000 * s for s in result["epoch_s"]]
-    assert result["augmentation_layers"] and result["augmentation_ms_per_batch"] > 0 and result["step_ms_fixed_batch"] > 0
+    assert result["augmentation_layers"] and result["augmentation_ms_per_batch"] > 0
+    assert result["step_ms_fixed_batch"] > 0
     assert result["backend"] == "tensorflow"
     assert os.environ["PNEUMONIA_CACHE"] == "kept" and "PNEUMONIA_MASKS_DIR" not in os.environ  # given back
 
@@ -49,3 +50,9 @@ def test_a_frozen_backbone_head_reports_the_whole_run_only(tmp_path):
     result = time_training("transfer", per_class=10, epochs=2, work=tmp_path)
     assert result["epoch_s"] is None and result["ms_per_step"] is None and result["step_ms_fixed_batch"] is None
     assert result["total_s"] > 0
+
+
+def test_a_two_stage_recipe_without_a_shipped_stand_in_is_refused_with_a_reason(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--recipe", "lungfocus", "--per-class", "10", "--models-dir", str(tmp_path)])
+    assert "no model 'lungfocus'" in capsys.readouterr().err
