@@ -125,8 +125,8 @@ if gray is not None:
                      unsafe_allow_html=True)
         if is_borderline(d.probability, d.threshold):
             col.caption(f"Borderline: within {BORDERLINE:.2f} of the threshold ({d.threshold:.3f}).")
-        col.image(overlay(gray, d.heatmap(gray.shape, "PNEUMONIA")), caption=f"{ui.map_name(name)}, evidence for pneumonia",
-                  width="stretch")
+        col.image(overlay(gray, d.heatmap(gray.shape, "PNEUMONIA")),
+                  caption=f"{ui.map_name(name)}, evidence for pneumonia, normalised per image", width="stretch")
 
 st.header("Where the models disagree")
 if both is None:

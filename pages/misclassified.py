@@ -77,7 +77,8 @@ def _turn(key: str, step: int, pages: int) -> None:
 
 tab_fp, tab_fn = st.tabs([f"False positives ({len(fp)})", f"False negatives ({len(fn)})"])
 with tab_fp:
-    st.caption("Truly NORMAL, called PNEUMONIA; most confident first. Overlays explain the predicted class.")
+    st.caption("Truly NORMAL, called PNEUMONIA; most confident first. Overlays explain the predicted class, each "
+               "normalised per image (where the model looked).")
     gallery(fp, "false positives")
 with tab_fn:
     st.caption("Truly PNEUMONIA, called NORMAL; most confident first.")
