@@ -137,7 +137,9 @@ disagree = both[labels.nunique(axis=1) > 1].copy()
 for n in names:
     disagree[f"{n} label"] = labels.loc[disagree.index, n]
 st.write(f"{len(disagree)} of {len(both)} test images get different labels from the models (at card thresholds).")
-st.dataframe(disagree, hide_index=True, width="stretch", key="cmp_disagree")
+# P(pneumonia) as the other pages show it (a percentage); the values stay numbers, so the columns sort
+st.dataframe(disagree, hide_index=True, width="stretch", key="cmp_disagree",
+             column_config={n: st.column_config.NumberColumn(f"{n}: P(pneumonia)", format="percent") for n in names})
 if len(disagree):
     pick = st.selectbox("Look at", disagree.filename, key="cmp_disagree_pick")
     row = disagree[disagree.filename == pick].iloc[0]
