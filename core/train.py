@@ -85,18 +85,18 @@ def main(argv=None) -> int:
     parser.add_argument("--fresh", action="store_true", help="discard an interrupted run instead of resuming it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    recipe = get_recipe(args.recipe).with_overrides(
+    base = get_recipe(args.recipe)
+    recipe = base.with_overrides(
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
         blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid,
         equalize=args.equalize, encoded_views=args.encoded_views)
-    base = get_recipe(args.recipe)
     head_only = trains_head_only(base.kind, base.trainable_top_layers)
     if args.consistency_grid and not head_only:
         parser.error(f"'{args.recipe}' trains its backbone; --consistency-grid applies to frozen-backbone heads")
     if args.encoded_views is not None and (args.encoded_views < 1 or not head_only):
         parser.error("--encoded-views takes a count of 1 or more and applies to frozen-backbone heads")
-    if args.init_from and not get_recipe(args.recipe).init_from:
+    if args.init_from and not base.init_from:
         parser.error(f"'{args.recipe}' is trained in one stage; --init-from applies to two-stage recipes")
     folder = train(recipe, args.data_dir, out_root=args.out, fresh=args.fresh)
     print(f"Model written to {folder}")

@@ -27,10 +27,9 @@ import numpy as np
 from PIL import Image
 
 from core.config import RECIPES, get_recipe, trains_head_only
-from core.models import augmentation, input_spec_for
 from core.registry import models_dir
 from core.runtime import hardware
-from core.training import data_workers, train
+from core.training import compile_for, data_workers, recipe_augmentation, recipe_spec, train
 
 __all__ = ["synthetic_dataset", "time_augmentation", "time_step", "time_training", "main"]
 
@@ -67,11 +66,8 @@ def time_augmentation(recipe, batch_size: int = 32, repeats: int = 5) -> float |
     without augmentation)."""
     if not recipe.augment:
         return None
-    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize, recipe.lung_margin,
-                          recipe.blur_sigma)
-    model = keras.Sequential([keras.Input((*spec.size, spec.channels)),
-                              augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness,
-                                           recipe.contrast, recipe.central_erasing, recipe.seed)])
+    spec = recipe_spec(recipe)
+    model = keras.Sequential([keras.Input((*spec.size, spec.channels)), recipe_augmentation(recipe, spec)])
     x = np.random.default_rng(0).random((batch_size, *spec.size, spec.channels), dtype=np.float32)
     if keras.backend.backend() == "jax":
         import jax
@@ -92,9 +88,8 @@ def time_augmentation(recipe, batch_size: int = 32, repeats: int = 5) -> float |
 
 def time_step(model: keras.Model, recipe, repeats: int = 5) -> float:
     """Milliseconds of one training step of ``model`` (its trainable layers as trained) on a fixed random batch,
-    compiled, without the batch pipeline or the augmentation layers: what the device itself costs a step."""
-    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate),
-                  loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing))
+    compiled as training compiles it, without the batch pipeline or the augmentation layers: what the device itself costs a step."""
+    compile_for(model, recipe)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((recipe.batch_size, *model.inputs[0].shape[1:]), dtype=np.float32)
     y = rng.integers(0, 2, (recipe.batch_size, 1)).astype(np.float32)
@@ -128,8 +123,8 @@ def _time_training(name: str, per_class: int, epochs: int, work: Path, models: P
     data, masks = synthetic_dataset(work / "data", per_class)
     os.environ["PNEUMONIA_CACHE"] = str(work / "cache")  # runs and checkpoints stay in the scratch folder
     os.environ["PNEUMONIA_MASKS_DIR"] = str(masks)
-    recipe = replace(get_recipe(name), epochs=epochs, soup_seeds=(), wise_ft_alpha=1.0,
-                     augment=get_recipe(name).augment and augment)
+    base = get_recipe(name)
+    recipe = replace(base, epochs=epochs, soup_seeds=(), wise_ft_alpha=1.0, augment=base.augment and augment)
     out = work / "out"
     out.mkdir(parents=True, exist_ok=True)
     if recipe.init_from:  # the shipped model of this name stands in for its stage 1

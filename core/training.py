@@ -39,7 +39,7 @@ from core.registry import load_card, load_keras_model, model_files, models_dir, 
 from core.runtime import cache_dir, hardware
 from core.segmenter import shipped_decoder
 
-__all__ = ["Batches", "train", "predict_arrays"]
+__all__ = ["Batches", "train", "predict_arrays", "recipe_spec", "recipe_augmentation", "compile_for"]
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,20 @@ def predict_arrays(model, gray, spec: InputSpec, batch_size=64, lungs=None) -> n
     return _outputs(model, gray, spec, batch_size, lungs).astype(np.float64).reshape(-1)
 
 
-def _compile(model, recipe: Recipe) -> None:
+def recipe_spec(recipe: Recipe) -> InputSpec:
+    """How a recipe's model is fed (size, equalisation, lungs, blur)."""
+    return input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize, recipe.lung_margin,
+                          recipe.blur_sigma)
+
+
+def recipe_augmentation(recipe: Recipe, spec: InputSpec) -> keras.Sequential:
+    """The recipe's augmentation layers (training only) for input ``spec``."""
+    return augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness, recipe.contrast,
+                        recipe.central_erasing, recipe.seed)
+
+
+def compile_for(model, recipe: Recipe) -> None:
+    """Compile ``model`` as the recipe trains it: Adam at its learning rate, BCE with its label smoothing."""
     model.compile(
         optimizer=keras.optimizers.Adam(recipe.learning_rate),
         loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
@@ -152,10 +165,9 @@ def _fit_images(recipe: Recipe, model, data: _Data, run_dir: Path, state: dict):
         log.info("Resuming %s after epoch %d", recipe.name, state["epoch"])
     else:
         inner = model
-        parts = [augmentation(data.spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness,
-                              recipe.contrast, recipe.central_erasing, recipe.seed)] if recipe.augment else []
+        parts = [recipe_augmentation(recipe, data.spec)] if recipe.augment else []
         trainer = keras.Sequential([keras.Input((*data.spec.size, data.spec.channels)), *parts, inner], name="trainer")
-        _compile(trainer, recipe)
+        compile_for(trainer, recipe)
     saved = state.get("callbacks") or [None, None]
     stoppers = [
         restore_counters(keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor,
@@ -272,7 +284,7 @@ def _train_head(recipe: Recipe, f_tr, y_tr, weights, f_va, y_va, moment, lam: fl
     regulariser = QuadraticPenalty(moment, lam) if lam else None
     logit = keras.layers.Dense(1, kernel_regularizer=regulariser)
     head = keras.Model(head_in, keras.layers.Activation("sigmoid")(logit(h)))
-    _compile(head, recipe)
+    compile_for(head, recipe)
     best = keras.callbacks.EarlyStopping("val_loss", patience=recipe.early_stopping_patience, restore_best_weights=True)
     lr = keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor, patience=recipe.reduce_lr_patience)
     hist = head.fit(f_tr, y_tr.astype(np.float32), sample_weight=weights,
@@ -327,8 +339,7 @@ def _train_run(member: Recipe, folder: Path, data: _Data, start: _Start) -> tupl
 
 def _load_data(recipe: Recipe, data_dir: Path) -> _Data:
     train, val = split_train_val(list_split(data_dir, "train"), recipe.val_fraction, recipe.seed)
-    spec = input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize, recipe.lung_margin,
-                          recipe.blur_sigma)
+    spec = recipe_spec(recipe)
     m_tr = m_va = None
     if recipe.lung_margin:  # a lung-focused recipe trains on the images with a human lung mask
         mask_dir = find_mask_dir()
