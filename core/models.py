@@ -10,6 +10,7 @@ import keras
 from keras import layers
 
 from core.backbones import BACKBONES, build_backbone
+from core.config import Recipe
 from core.layers import CentralBandErasing, LungCellPooling
 from core.preprocessing import InputSpec
 from core.segmenter import TAPS, build_decoder
@@ -26,6 +27,9 @@ __all__ = [
     "augmentation",
     "set_trainable_top",
     "input_spec_for",
+    "recipe_spec",
+    "recipe_augmentation",
+    "compile_for",
 ]
 
 GRADCAM_LAYERS = {"baseline": "last_conv", **{k: v["gradcam_layer"] for k, v in BACKBONES.items()}}
@@ -182,4 +186,25 @@ def augmentation(spec: InputSpec, rotation_deg=10.0, shift=0.1, zoom=0.1, bright
             *extra,
         ],
         name="augmentation",
+    )
+
+
+def recipe_spec(recipe: Recipe) -> InputSpec:
+    """How a recipe's model is fed (size, equalisation, lungs, blur)."""
+    return input_spec_for(recipe.kind, recipe.backbone, recipe.input_size, recipe.equalize, recipe.lung_margin,
+                          recipe.blur_sigma)
+
+
+def recipe_augmentation(recipe: Recipe, spec: InputSpec) -> keras.Sequential:
+    """The recipe's augmentation layers (training only) for input ``spec``."""
+    return augmentation(spec, recipe.rotation_deg, recipe.shift, recipe.zoom, recipe.brightness, recipe.contrast,
+                        recipe.central_erasing, recipe.seed)
+
+
+def compile_for(model, recipe: Recipe) -> None:
+    """Compile ``model`` as the recipe trains it: Adam at its learning rate, BCE with its label smoothing."""
+    model.compile(
+        optimizer=keras.optimizers.Adam(recipe.learning_rate),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
+        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
     )

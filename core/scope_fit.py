@@ -12,8 +12,9 @@ import numpy as np
 from core import scope as _scope
 from core.augment import VARIANTS, served_variant
 from core.data import find_data_dir, fingerprint, list_split, load_images, split_train_val
+from core.guards import load_guard
 from core.inference import read_upload
-from core.ood import OODCheck, feature_extractor, guard_spec, load_guard, training_views
+from core.ood import OODCheck, feature_extractor, guard_spec, training_views
 from core.ood_report import non_xray_images
 from core.preprocessing import squash
 from core.registry import guard_files, models_dir, sha256_file

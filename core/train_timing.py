@@ -26,10 +26,12 @@ import keras
 import numpy as np
 from PIL import Image
 
+from core.batches import data_workers
 from core.config import RECIPES, get_recipe, trains_head_only
+from core.models import compile_for, recipe_augmentation, recipe_spec
 from core.registry import models_dir
 from core.runtime import hardware
-from core.training import compile_for, data_workers, recipe_augmentation, recipe_spec, train
+from core.training import train
 
 __all__ = ["synthetic_dataset", "time_augmentation", "time_step", "time_training", "main"]
 

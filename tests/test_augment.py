@@ -4,8 +4,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from core.augment import encoding_path
+from core.batches import Batches
 from core.preprocessing import InputSpec
-from core.training import Batches
 from tests.helpers import xray_like
 
 SMOOTH = np.asarray(Image.fromarray(xray_like(224, 224, seed=4)).filter(ImageFilter.GaussianBlur(1.5)))

@@ -116,8 +116,8 @@ def test_class_weights_by_hand():
 
 
 def test_batches_shapes_weights_and_shuffle():
+    from core.batches import Batches
     from core.preprocessing import InputSpec
-    from core.training import Batches
 
     gray = np.stack([np.full((224, 224), i, np.uint8) for i in range(10)])
     labels = np.array([0, 1] * 5)

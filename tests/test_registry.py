@@ -10,7 +10,7 @@ from core import registry
 from core.backbones import lite0_imagenet_weights
 from core.cards import DISCLAIMER, ModelCard
 from core.errors import ModelIntegrityError, ModelNotFoundError
-from core.ood import load_guard
+from core.guards import load_guard
 
 
 def test_every_shipped_card_reads_and_writes_back_unchanged(shipped_models):

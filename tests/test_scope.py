@@ -95,7 +95,7 @@ def test_pediatric_test_xrays_pass_the_checks_in_every_variant(data_dir):
 def test_refitting_the_guard_keeps_the_scope_checks_record(tmp_path):
     import json
 
-    from core.ood import fit_guard
+    from core.guards import fit_guard
 
     rng = np.random.default_rng(0)
     (tmp_path / "card.json").write_text(json.dumps({"name": "ood", "scope": {"weights_sha256": "abc"}}))
@@ -223,7 +223,8 @@ def test_the_checks_read_the_input_their_card_names(tmp_path):
     the guard's card, and a scope check fitted on other input than the guard reads is refused."""
     import json
 
-    from core.ood import OODCheck, feature_extractor, fit_guard, guard_spec
+    from core.guards import fit_guard
+    from core.ood import OODCheck, feature_extractor, guard_spec
     from core.preprocessing import InputSpec, low_pass
     from core.registry import sha256_file
     from core.scope import ScopeModel
@@ -253,6 +254,7 @@ def test_checks_v2_fit_on_blurred_views_and_serve_what_they_were_fitted_on(tmp_p
     import json
 
     from core import ood, scope_fit
+    from core.guards import KNNGuard, load_guard
     from core.preprocessing import InputSpec
     from tests.helpers import tiny_dataset
 
@@ -286,7 +288,7 @@ def test_checks_v2_fit_on_blurred_views_and_serve_what_they_were_fitted_on(tmp_p
     assert json.loads((tmp_path / "ood" / "card.json").read_text())["joint_cutoff"]["scale"] == pytest.approx(record["scale"])
     assert scope_fit.main(["--data-dir", str(data), "--encoding-views", "1", "--out", str(tmp_path)]) == 0
     refit = json.loads((tmp_path / "ood" / "card.json").read_text())
-    assert "joint_cutoff" not in refit and refit["cutoff"] == separate[0] and ood.load_guard(tmp_path).cutoff == separate[0]
+    assert "joint_cutoff" not in refit and refit["cutoff"] == separate[0] and load_guard(tmp_path).cutoff == separate[0]
     # checks v5: a nearest-neighbour guard refitted over a joint cut-off gives the scope check its own cut-off back
     assert scope_fit.main(["--data-dir", str(data), "--joint-cutoff", "--out", str(tmp_path)]) == 0
     assert ood.main(["--data-dir", str(data), "--encoding-views", "1", "--blur-sigma", "2", "--method", "knn",
@@ -295,7 +297,7 @@ def test_checks_v2_fit_on_blurred_views_and_serve_what_they_were_fitted_on(tmp_p
     assert "joint_cutoff" not in knn and knn["scope"]["cutoff"] == pytest.approx(separate[1])
     assert knn["method"].startswith("distance to the 10th nearest training row")
     check = ood.OODCheck(tmp_path)  # both files match their card's sha256 again
-    assert isinstance(check.guard, ood.KNNGuard) and check.scope.cutoff == pytest.approx(separate[1])
+    assert isinstance(check.guard, KNNGuard) and check.scope.cutoff == pytest.approx(separate[1])
     assert len(check(np.zeros((2, 224, 224), np.uint8))) == 2
 
 
@@ -303,7 +305,7 @@ def test_the_nearest_neighbour_guard_measures_distance_to_the_kth_training_row(t
     """Checks v5: the score is the distance to the k-th nearest training row after scaling to unit length, so an
     image's brightness-like scale does not count, an image amid the training rows scores low and one away from all
     of them high; the cut-off passes 99.5 % of the validation rows; the file gives back the same scores."""
-    from core.ood import KNNGuard, fit_knn_guard, load_guard
+    from core.guards import KNNGuard, fit_knn_guard, load_guard
 
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(2, 16)) * 3

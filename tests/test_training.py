@@ -369,7 +369,8 @@ def test_wise_ft_needs_a_start_and_a_valid_alpha(tmp_path, capsys):
 
 def test_a_frozen_head_trains_on_reencoded_views(tmp_path, monkeypatch):
     """With encoding_augment, the transfer head sees each image and three re-encodings of it."""
-    from core.training import ENCODED_VIEWS, train
+    from core.heads import ENCODED_VIEWS
+    from core.training import train
 
     monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
     data = tiny_dataset(tmp_path / "chest_xray", n=8)
@@ -383,8 +384,9 @@ def test_a_frozen_head_trains_on_reencoded_views(tmp_path, monkeypatch):
 def test_the_number_of_reencoded_views_is_the_recipes(tmp_path, monkeypatch, capsys):
     """v20: ``encoded_views`` sets how many re-encoded views of each image the frozen head sees; the card records it,
     while recipes at the default keep their settings (and so their cached runs) as before."""
+    from core.heads import ENCODED_VIEWS
     from core.train import main
-    from core.training import ENCODED_VIEWS, train
+    from core.training import train
 
     assert ENCODED_VIEWS == 3 and "encoded_views" not in get_recipe("lungfocus_v9").to_dict()
     assert get_recipe("lungfocus_v22").to_dict()["encoded_views"] == 6
@@ -494,7 +496,7 @@ def test_the_encoding_moment_gives_the_mean_squared_logit_change_under_re_encodi
     times its weight."""
     import keras
 
-    from core.training import QuadraticPenalty, encoding_moment
+    from core.heads import QuadraticPenalty, encoding_moment
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(10, 6))
@@ -508,7 +510,7 @@ def test_the_encoding_moment_gives_the_mean_squared_logit_change_under_re_encodi
 
 
 def test_the_consistency_choice_keeps_the_largest_penalty_within_the_auc_slack():
-    from core.training import choose_consistency
+    from core.heads import choose_consistency
 
     assert choose_consistency([(0.0, 0.990), (1.0, 0.991), (10.0, 0.9885), (100.0, 0.980)]) == 10.0
     assert choose_consistency([(0.0, 0.990), (1.0, 0.9870)]) == 0.0
