@@ -47,8 +47,9 @@ class Batches(keras.utils.PyDataset):
     training, each image re-encoded at random (:func:`core.augment.encoding_path`) before preprocessing."""
 
     def __init__(self, gray, labels, spec, batch_size=32, shuffle=False, weights=None, seed=0, encoding=False,
-                 lungs=None, margin_jitter=0, **kw):
+                 lungs=None, margin_jitter=0, pairs=False, **kw):
         super().__init__(**{"workers": data_workers(), **kw})
+        self.pairs = pairs  # two views of each image stacked along the channels, for a consistency trainer
         self.gray, self.labels, self.spec = gray, np.asarray(labels, dtype=np.float32), spec
         self.batch_size, self.shuffle, self.weights, self.encoding = batch_size, shuffle, weights, encoding
         self.lungs, self.margin_jitter = lungs, margin_jitter  # a lung-focused spec: masks, margin ± jitter
@@ -66,6 +67,8 @@ class Batches(keras.utils.PyDataset):
         gray = self.gray[idx]
         # one generator per (seed, epoch, batch): the same draws whichever worker thread makes the batch
         rng = np.random.default_rng((self._seed, self._epoch, i))
+        if self.pairs:
+            return self._pair(gray, rng, idx)
         if self.encoding:
             gray = np.stack([encoding_path(g, rng) for g in gray])
         x = to_model_input(gray, self.spec, *self._lungs(idx, rng))
@@ -73,6 +76,19 @@ class Batches(keras.utils.PyDataset):
         if self.weights is None:
             return x, y
         return x, y, self.weights[self.labels[idx].astype(int)]
+
+    def _pair(self, gray, rng, idx):
+        """Two views of each image, each re-encoded on its own (with ``encoding``; else the image twice), stacked
+        along the channels; targets and weights per output of :func:`core.models.pair_trainer` (the consistency
+        target is a gap of 0, unweighted)."""
+        views = [np.stack([encoding_path(g, rng) for g in gray]) if self.encoding else gray for _ in range(2)]
+        lungs = self._lungs(idx, rng)  # one lung margin per image, for both views
+        x = np.concatenate([to_model_input(v, self.spec, *lungs) for v in views], axis=-1)
+        y = {"prediction": self.labels[idx][:, None], "consistency": np.zeros((len(idx), 1), np.float32)}
+        if self.weights is None:
+            return x, y
+        return x, y, {"prediction": self.weights[self.labels[idx].astype(int)],
+                      "consistency": np.ones(len(idx), np.float32)}
 
     def _lungs(self, idx, rng) -> tuple:
         """(masks, margins) for a lung-focused spec; margins drawn per image when jittered."""

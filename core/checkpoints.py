@@ -34,7 +34,9 @@ class Resumable(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         started, spent_before = self.clock
         self.state["elapsed_s"] = spent_before + time.time() - started
-        logs = {k: float(v) for k, v in (logs or {}).items()}
+        # a pair trainer's (core.models.pair_trainer) metrics are its prediction's: named as any model's in the history
+        logs = {k.replace("prediction_", "") if not k.endswith("prediction_loss") else k: float(v)
+                for k, v in (logs or {}).items()}
         logs["seconds"] = time.time() - self.epoch_started  # wall time of this epoch, its validation included
         logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
         self.state["history"].append({"epoch": epoch + 1, **logs})

@@ -66,6 +66,9 @@ class Recipe:
     # product of the pooled-feature differences between each training image and its re-encoded views; one head is
     # trained per lambda and the largest whose validation ROC AUC is within 0.002 of lambda 0's is kept
     consistency_grid: tuple[float, ...] = ()
+    # stage 2 on images (v25, docs/lungs.md §23): > 0 trains on pairs of independently re-encoded views of each image,
+    # augmented alike, and adds this weight x the mean squared logit gap between them (dropout off for the gap)
+    consistency_weight: float = 0.0
     threshold_rule: str = "youden"  # maximise sensitivity + specificity - 1 on validation
     notes: list[str] = field(default_factory=list)
 
@@ -78,6 +81,8 @@ class Recipe:
             del d["consistency_grid"]
         if self.encoded_views == 3:  # and those from before v20
             del d["encoded_views"]
+        if not self.consistency_weight:  # and those from before v25
+            del d["consistency_weight"]
         return d
 
     def with_overrides(self, **changes) -> Recipe:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-__all__ = ["LungCellPooling", "CentralBandErasing"]
+__all__ = ["LungCellPooling", "CentralBandErasing", "ViewSplit", "LogitGap"]
 
 
 @keras.saving.register_keras_serializable(package="pneumonia")
@@ -69,3 +69,40 @@ class CentralBandErasing(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "probability": self.probability, "fill_value": self.fill_value,
                 "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="pneumonia")
+class ViewSplit(layers.Layer):
+    """Two views of each image stacked along the channels ``(N, H, W, 2C)`` -> ``[(N, H, W, C), (N, H, W, C)]``.
+
+    Stacked, both views go through the same augmentation layers with the same draws (the layers transform every
+    channel of an image alike), so they differ only by how each was encoded (:func:`core.batches.Batches`, pairs).
+    """
+
+    def call(self, x):
+        c = x.shape[-1] // 2
+        return [x[..., :c], x[..., c:]]
+
+    def compute_output_shape(self, input_shape):
+        half = (*input_shape[:-1], input_shape[-1] // 2)
+        return [half, half]
+
+
+@keras.saving.register_keras_serializable(package="pneumonia")
+class LogitGap(layers.Layer):
+    """``logit(p_b) - logit(p_a)`` for two probabilities ``(N, 1)``, clipped at ``eps``: how far a second view moves
+    the model's answer, in the units a decision threshold moves in (v25, docs/lungs.md §23)."""
+
+    def __init__(self, eps=1e-6, **kwargs):
+        super().__init__(**kwargs)
+        self.eps = float(eps)
+
+    def call(self, inputs):
+        pa, pb = (keras.ops.clip(keras.ops.cast(p, "float32"), self.eps, 1.0 - self.eps) for p in inputs)
+        return (keras.ops.log(pb) - keras.ops.log1p(-pb)) - (keras.ops.log(pa) - keras.ops.log1p(-pa))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+    def get_config(self):
+        return {**super().get_config(), "eps": self.eps}

@@ -11,7 +11,7 @@ from keras import layers
 
 from core.backbones import BACKBONES, build_backbone
 from core.config import Recipe
-from core.layers import CentralBandErasing, LungCellPooling
+from core.layers import CentralBandErasing, LogitGap, LungCellPooling, ViewSplit
 from core.preprocessing import InputSpec
 from core.segmenter import TAPS, build_decoder
 
@@ -30,6 +30,7 @@ __all__ = [
     "recipe_spec",
     "recipe_augmentation",
     "compile_for",
+    "pair_trainer",
 ]
 
 GRADCAM_LAYERS = {"baseline": "last_conv", **{k: v["gradcam_layer"] for k, v in BACKBONES.items()}}
@@ -201,10 +202,34 @@ def recipe_augmentation(recipe: Recipe, spec: InputSpec) -> keras.Sequential:
                         recipe.central_erasing, recipe.seed)
 
 
-def compile_for(model, recipe: Recipe) -> None:
-    """Compile ``model`` as the recipe trains it: Adam at its learning rate, BCE with its label smoothing."""
+def compile_for(model, recipe: Recipe, pairs: bool = False) -> None:
+    """Compile ``model`` as the recipe trains it: Adam at its learning rate, BCE with its label smoothing. With
+    ``pairs`` (a :func:`pair_trainer`), the BCE is on its ``prediction`` and the recipe's ``consistency_weight`` x the
+    mean squared gap on its ``consistency`` is added."""
+    bce = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
+    metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
+    if not pairs:
+        model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=bce, metrics=metrics)
+        return
     model.compile(
         optimizer=keras.optimizers.Adam(recipe.learning_rate),
-        loss=keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing),
-        metrics=[keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")],
+        loss={"prediction": bce, "consistency": keras.losses.MeanSquaredError()},
+        loss_weights={"prediction": 1.0, "consistency": recipe.consistency_weight},
+        metrics={"prediction": metrics},
     )
+
+
+def pair_trainer(inner: keras.Model, spec: InputSpec, augment: keras.Layer | None = None) -> keras.Model:
+    """What trains ``inner`` on pairs of views (v25, docs/lungs.md §23): input ``(H, W, 2C)``, two views of each image
+    stacked along the channels (:class:`core.batches.Batches` with ``pairs``), augmented alike, then split; outputs
+    ``prediction``, ``inner``'s answer on the first view, and ``consistency``, the logit gap from the first view to the
+    second. ``inner`` must run the same in both calls, so it may hold no dropout (the recipe's ``dropout`` is 0)."""
+    if any(isinstance(layer, layers.Dropout) and layer.rate for layer in inner.layers):
+        raise ValueError("A pair trainer needs a model without dropout: two calls would draw two masks, and the gap "
+                         "between the views would measure them rather than the encoding (set the recipe's dropout to 0).")
+    inputs = keras.Input((*spec.size, 2 * spec.channels))
+    first, second = ViewSplit(name="views")(augment(inputs) if augment is not None else inputs)
+    p_first, p_second = inner(first), inner(second)
+    outputs = {"prediction": layers.Identity(name="prediction")(p_first),
+               "consistency": LogitGap(name="consistency")([p_first, p_second])}
+    return keras.Model(inputs, outputs, name="trainer")

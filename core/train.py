@@ -1,4 +1,4 @@
-"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--encoded-views N] [--blur-sigma S] [--init-from NAME] [--consistency-grid L,L,…|none] [--out DIR] [--data-dir D]``."""
+"""``python -m core.train {baseline,transfer,finetuned} [--epochs N] [--backbone B] [--seed S] [--soup-seeds S,S,…|none] [--wise-ft-alpha A] [--encoding-augment] [--encoded-views N] [--blur-sigma S] [--init-from NAME] [--consistency-grid L,L,…|none] [--consistency-weight W --dropout 0] [--out DIR] [--data-dir D]``."""
 
 from __future__ import annotations
 
@@ -78,6 +78,11 @@ def main(argv=None) -> int:
                         help="frozen-backbone heads: train one head per penalty weight L on the logit's change under "
                              "re-encoding and keep the largest L whose validation ROC AUC is within 0.002 of L 0's "
                              "(recipe v14); 'none' trains one head without the penalty")
+    parser.add_argument("--consistency-weight", type=float, metavar="W",
+                        help="a recipe that trains its backbone: train on two independently re-encoded views of each "
+                             "image, augmented alike, adding W x the mean squared logit gap between them to the loss "
+                             "(candidate v25); needs --dropout 0")
+    parser.add_argument("--dropout", type=float, metavar="D", help="the head's dropout rate (default: the recipe's)")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write the model folder under DIR instead of models/ (a candidate); a two-stage recipe "
                              "then starts from DIR's stage-1 model")
@@ -90,12 +95,19 @@ def main(argv=None) -> int:
         backbone=args.backbone, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, soup_seeds=args.soup_seeds,
         wise_ft_alpha=args.wise_ft_alpha, encoding_augment=args.encoding_augment,
         blur_sigma=args.blur_sigma, init_from=args.init_from, consistency_grid=args.consistency_grid,
-        equalize=args.equalize, encoded_views=args.encoded_views)
+        equalize=args.equalize, encoded_views=args.encoded_views, consistency_weight=args.consistency_weight,
+        dropout=args.dropout)
     head_only = trains_head_only(base.kind, base.trainable_top_layers)
     if args.consistency_grid and not head_only:
         parser.error(f"'{args.recipe}' trains its backbone; --consistency-grid applies to frozen-backbone heads")
     if args.encoded_views is not None and (args.encoded_views < 1 or not head_only):
         parser.error("--encoded-views takes a count of 1 or more and applies to frozen-backbone heads")
+    if args.consistency_weight is not None and (args.consistency_weight < 0 or head_only):
+        parser.error("--consistency-weight takes a weight of 0 or more and applies to recipes that train their backbone")
+    if recipe.consistency_weight and recipe.dropout:
+        parser.error("--consistency-weight needs --dropout 0: two dropout masks would put their own gap between the views")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        parser.error("--dropout takes a rate from 0 up to (not including) 1")
     if args.init_from and not base.init_from:
         parser.error(f"'{args.recipe}' is trained in one stage; --init-from applies to two-stage recipes")
     folder = train(recipe, args.data_dir, out_root=args.out, fresh=args.fresh)

@@ -31,7 +31,7 @@ from core.data import class_weights, find_data_dir, fingerprint, list_split, loa
 from core.evaluation import choose_threshold, metrics_at
 from core.heads import fit_frozen_head
 from core.lungs import find_mask_dir, load_masks
-from core.models import GRADCAM_LAYERS, build_model, compile_for, recipe_augmentation, recipe_spec
+from core.models import GRADCAM_LAYERS, build_model, compile_for, pair_trainer, recipe_augmentation, recipe_spec
 from core.preprocessing import InputSpec
 from core.registry import load_card, load_keras_model, model_files, models_dir, sha256_file, write_card
 from core.runtime import cache_dir, hardware
@@ -63,19 +63,25 @@ def _build(recipe: Recipe, weights: list | None = None) -> keras.Model:
 
 def _fit_images(recipe: Recipe, model, data: TrainingData, run_dir: Path, state: dict):
     weights = class_weights(data.y_tr) if recipe.class_weights else None
+    pairs = bool(recipe.consistency_weight)  # v25: two views of each image, and the gap between them in the loss
     train_data = Batches(data.x_tr, data.y_tr, data.spec, recipe.batch_size, shuffle=True, weights=weights,
                          seed=recipe.seed, encoding=recipe.encoding_augment, lungs=data.m_tr,
-                         margin_jitter=recipe.lung_margin_jitter)
-    val_data = Batches(data.x_va, data.y_va, data.spec, 64, lungs=data.m_va)
+                         margin_jitter=recipe.lung_margin_jitter, pairs=pairs)
+    # validation pairs are each copy twice: a gap of 0, so val_loss is the BCE alone, as without pairs
+    val_data = Batches(data.x_va, data.y_va, data.spec, 64, lungs=data.m_va, pairs=pairs)
     if (run_dir / "last.keras").exists() and state.get("epoch", 0) > 0:
         trainer = keras.saving.load_model(run_dir / "last.keras")
         inner = trainer.get_layer(model.name)
         log.info("Resuming %s after epoch %d", recipe.name, state["epoch"])
     else:
         inner = model
-        parts = [recipe_augmentation(recipe, data.spec)] if recipe.augment else []
-        trainer = keras.Sequential([keras.Input((*data.spec.size, data.spec.channels)), *parts, inner], name="trainer")
-        compile_for(trainer, recipe)
+        augment = recipe_augmentation(recipe, data.spec) if recipe.augment else None
+        if pairs:
+            trainer = pair_trainer(inner, data.spec, augment)
+        else:
+            trainer = keras.Sequential([keras.Input((*data.spec.size, data.spec.channels)),
+                                        *([augment] if augment else []), inner], name="trainer")
+        compile_for(trainer, recipe, pairs)
     saved = state.get("callbacks") or [None, None]
     stoppers = [
         restore_counters(keras.callbacks.ReduceLROnPlateau("val_loss", factor=recipe.reduce_lr_factor,
@@ -174,6 +180,9 @@ def train(recipe: Recipe, data_dir=None, out_root: Path | None = None, fresh: bo
     """
     if recipe.wise_ft_alpha != 1.0 and not (recipe.init_from and 0 <= recipe.wise_ft_alpha <= 1):
         raise ValueError("WiSE-FT needs a stage-1 model to start from ('init_from') and an alpha between 0 and 1.")
+    if recipe.consistency_weight and trains_head_only(recipe.kind, recipe.trainable_top_layers):
+        raise ValueError("A consistency weight applies to training on images; a frozen-backbone head has its "
+                         "consistency grid instead.")
     started = time.time()
     out_root = Path(out_root or models_dir())
     # a candidate's runs (a folder not called models/, e.g. candidates/v7) are kept apart from the shipped recipe's

@@ -537,3 +537,81 @@ def test_a_consistency_grid_trains_a_head_per_penalty_and_records_the_choice(tmp
         train_cli.main(["finetuned", "--consistency-grid", "0,1", "--data-dir", str(data)])
     with pytest.raises(SystemExit):  # the grid needs its reference, 0
         train_cli.main(["transfer", "--consistency-grid", "1,10", "--data-dir", str(data)])
+
+
+def test_pairs_are_two_views_of_each_image_stacked_along_the_channels():
+    """v25: with ``pairs`` a batch holds two views of each image, re-encoded on their own (the image twice without the
+    encoding), with a gap target of 0 and unweighted; the lung pair trainer splits them back and gives the logit gap."""
+    import keras
+
+    from core.batches import Batches
+    from core.models import build_model, pair_trainer
+    from core.preprocessing import InputSpec
+    from tests.helpers import xray_like
+
+    gray = np.stack([xray_like(224, 224, seed=s) for s in range(4)])
+    spec = InputSpec(blur_sigma=4.0)
+    x, y, w = Batches(gray, [0, 1, 0, 1], spec, batch_size=4, weights=np.array([2.0, 0.5]), pairs=True)[0]
+    assert x.shape == (4, 224, 224, 6) and np.array_equal(x[..., :3], x[..., 3:])
+    assert np.array_equal(y["prediction"][:, 0], [0, 1, 0, 1]) and not y["consistency"].any()
+    assert np.array_equal(w["prediction"], [2.0, 0.5, 2.0, 0.5]) and np.array_equal(w["consistency"], np.ones(4))
+    encoded = Batches(gray, np.zeros(4), spec, batch_size=4, encoding=True, pairs=True, seed=1)[0][0]
+    assert not np.array_equal(encoded[..., :3], encoded[..., 3:])  # each view its own encoding
+    assert np.abs(encoded[..., :3] - encoded[..., 3:]).mean() < 0.1 * np.abs(encoded[..., :3]).mean()  # one image
+
+    with pytest.raises(ValueError, match="dropout"):
+        pair_trainer(build_model("finetuned", weights=None, dropout=0.5), spec)
+
+    def tiny(dropout: float) -> keras.Model:  # an inner model whose answer depends on the pixels
+        return keras.Sequential([keras.Input((224, 224, 3)), keras.layers.Conv2D(2, 5, strides=4),
+                                 keras.layers.GlobalAveragePooling2D(), keras.layers.Dropout(dropout),
+                                 keras.layers.Dense(1, activation="sigmoid")], name="inner")
+
+    with pytest.raises(ValueError, match="dropout"):
+        pair_trainer(tiny(0.5), spec)
+    trainer = pair_trainer(tiny(0.0), spec)
+    mixed = np.concatenate([x[..., :3], encoded[..., 3:]], axis=-1)  # the copy, then another encoding of it
+    out = trainer(keras.ops.convert_to_tensor(np.concatenate([x, mixed])), training=True)
+    gap = keras.ops.convert_to_numpy(out["consistency"])[:, 0]
+    p = keras.ops.convert_to_numpy(out["prediction"])[:, 0]
+    assert np.allclose(gap[:4], 0.0, atol=1e-5) and not np.allclose(gap[4:], 0.0)  # same view twice: no gap
+    second = trainer.get_layer("inner").predict(encoded[..., 3:], verbose=0)[:, 0]
+    logit = lambda q: np.log(q) - np.log1p(-q)  # noqa: E731
+    assert gap[4:] == pytest.approx(logit(second) - logit(p[4:]), abs=1e-3)
+
+
+def test_a_consistency_run_trains_on_pairs_resumes_and_ships_the_model_alone(tmp_path, monkeypatch, capsys):
+    """v25 on tiny data: stage 2 of 'lungfocus' with a consistency weight and no dropout trains on pairs, records
+    the gap's loss per epoch (0 on validation, where the views are one copy twice), resumes from its saved pair
+    trainer, and ships the model without the trainer's layers."""
+    import keras
+
+    from core.registry import load_keras_model
+    from core.train import main
+    from core.training import train
+
+    monkeypatch.setenv("PNEUMONIA_CACHE", str(tmp_path / "cache"))
+    data = tiny_dataset(tmp_path / "chest_xray", n=8)
+    out = tmp_path / "models"
+    with pytest.raises(SystemExit):
+        main(["lungfocus", "--consistency-weight", "1", "--out", str(out), "--data-dir", str(data)])
+    assert "--dropout 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["lungfocus_v22", "--consistency-weight", "1", "--dropout", "0", "--out", str(out)])
+    assert "train their backbone" in capsys.readouterr().err
+    train(get_recipe("lungfocus_v22").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
+    recipe = get_recipe("lungfocus").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, consistency_weight=1.0,
+                                                    dropout=0.0)
+    train(recipe, data, out_root=out)
+    train(recipe.with_overrides(epochs=2), data, out_root=out)  # resumes from the saved pair trainer
+    card = load_card("lungfocus", out)
+    assert card.config["consistency_weight"] == 1.0 and card.config["dropout"] == 0.0 and card.epochs_run == 2
+    with open(out / "lungfocus" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(float(r["consistency_loss"]) > 0 and float(r["val_consistency_loss"]) < 1e-6 for r in rows)
+    assert all("auc" in r and "val_auc" in r for r in rows)  # named as any model's, for the Models page
+    model = load_keras_model("lungfocus", out)
+    assert model.input_shape == (None, 224, 224, 3) and model.get_layer("head_dropout").rate == 0.0
+    assert not any(isinstance(layer, keras.layers.Layer) and layer.name in ("views", "consistency") for layer in model.layers)
+    assert "consistency_weight" not in get_recipe("lungfocus").to_dict()  # recipes without it keep their settings
