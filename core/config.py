@@ -385,6 +385,18 @@ RECIPES["lungfocus"] = replace(
     + [n for n in RECIPES["lungfocus_v22"].notes[1:] if not n.startswith("The 'lungfocus' that shipped in")])
 
 
+
+# v25 (section 23): 'lungfocus' is v23's with its stage 2 trained on pairs of views and no head dropout; v23's is kept
+# as 'lungfocus_v23'
+_keep_shipped("lungfocus", "v23", "19", "v25")
+RECIPES["lungfocus"] = replace(
+    RECIPES["lungfocus"], consistency_weight=1.0, dropout=0.0,
+    notes=[*RECIPES["lungfocus_v23"].notes[:-1],
+           "v25 (docs/lungs.md, section 23): stage 2 trains on two views of each image, each re-encoded on its own and "
+           "both augmented alike, and adds 1 x the mean squared gap between their logits to the loss, so that two "
+           "encodings of one X-ray get one answer; without the head's dropout in that stage, since two masks would put "
+           "their own gap between the views."])
+
 def get_recipe(name: str) -> Recipe:
     """The named recipe; raises ``KeyError`` with the available names."""
     if name not in RECIPES:

@@ -28,7 +28,7 @@ from PIL import Image
 
 from core.batches import data_workers
 from core.config import RECIPES, get_recipe, trains_head_only
-from core.models import compile_for, recipe_augmentation, recipe_spec
+from core.models import compile_for, pair_trainer, recipe_augmentation, recipe_spec
 from core.registry import models_dir
 from core.runtime import hardware
 from core.training import train
@@ -90,15 +90,19 @@ def time_augmentation(recipe, batch_size: int = 32, repeats: int = 5) -> float |
 
 def time_step(model: keras.Model, recipe, repeats: int = 5) -> float:
     """Milliseconds of one training step of ``model`` (its trainable layers as trained) on a fixed random batch,
-    compiled as training compiles it, without the batch pipeline or the augmentation layers: what the device itself costs a step."""
-    compile_for(model, recipe)
+    compiled as training compiles it, without the batch pipeline or the augmentation layers: what the device itself
+    costs a step. A recipe trained on pairs of views (v25) steps its pair trainer, both views."""
+    pairs = bool(recipe.consistency_weight)
+    trainer = pair_trainer(model, recipe_spec(recipe)) if pairs else model
+    compile_for(trainer, recipe, pairs)
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((recipe.batch_size, *model.inputs[0].shape[1:]), dtype=np.float32)
+    x = rng.standard_normal((recipe.batch_size, *trainer.inputs[0].shape[1:]), dtype=np.float32)
     y = rng.integers(0, 2, (recipe.batch_size, 1)).astype(np.float32)
-    model.train_on_batch(x, y)
+    targets = {"prediction": y, "consistency": np.zeros_like(y)} if pairs else y
+    trainer.train_on_batch(x, targets)
     start = time.perf_counter()
     for _ in range(repeats):
-        model.train_on_batch(x, y)
+        trainer.train_on_batch(x, targets)
     return (time.perf_counter() - start) / repeats * 1000
 
 

@@ -31,6 +31,7 @@ __all__ = [
     "read_uploads", "map_name", "session_readings", "one_reading", "content_key", "model_names", "card", "metrics", "predictions",
     "metric_intervals", "history", "weights_size_mb", "all_predictions", "data_dir", "test_image",
     "test_overlays", "identical_test_images", "sample_xrays", "site_scores", "site_profile", "ms_per_image", "model_colour", "MODEL_COLOURS", "png_bytes", "no_models_stop", "no_data_hint", "label_badge",
+    "threshold_slider",
 ]
 
 def _clean_without_keras() -> None:
@@ -364,6 +365,15 @@ MODEL_COLOURS = {"baseline": "#7f7f7f", "transfer": "#e08a1e", "finetuned": "#1f
 def model_colour(name: str) -> str:
     """The model's colour in every plot."""
     return MODEL_COLOURS.get(name, "#8e44ad")
+
+
+def threshold_slider(label: str, start: float, key: str, **kwargs) -> float:
+    """A decision-threshold slider (0 to 1 in steps of 0.001) that starts at ``start``, a card's or a site's threshold.
+    While it stays there, the exact ``start`` is returned, so labels and metrics match the card's, the CLI's and
+    ``metrics.json``; the slider shows only three decimals."""
+    shown = round(start, 3)
+    value = st.slider(label, 0.0, 1.0, shown, 0.001, format="%.3f", key=key, **kwargs)
+    return start if value == shown else value
 
 
 def raw_window_sliders(raw, key: str) -> tuple[float, float]:

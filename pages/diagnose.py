@@ -40,14 +40,14 @@ with st.sidebar:
     selected = names if choice == "All models" else [choice]
     thresholds = {}
     with st.expander("Decision thresholds", expanded=False):
-        st.caption("Start at each model's card threshold (chosen on validation data, to 3 decimals); changes apply "
+        st.caption("Start at each model's card threshold (chosen on validation data; shown to 3 decimals, used exactly "
+                   "until you move it, as the command line and the test metrics use it); changes apply "
                    "to this view only.")
         for name in selected:
             site = ui.site_profile(name)
             start = site.threshold if site is not None else ui.card(name).decision_threshold
-            thresholds[name] = st.slider(name + (f" (site '{site.site}')" if site else ""), 0.0, 1.0,
-                                         round(start, 3), 0.001, format="%.3f",
-                                         key=f"dx_thr_{name}" + (f"_site_{site.created}" if site else ""))
+            thresholds[name] = ui.threshold_slider(name + (f" (site '{site.site}')" if site else ""), start,
+                                                   f"dx_thr_{name}" + (f"_site_{site.created}" if site else ""))
         if any(ui.site_profile(n) for n in selected):
             st.caption("A site operating point is in use (loaded on the Site operating point page); the model cards "
                        "are unchanged.")
@@ -233,7 +233,7 @@ for filename, gray, d in rows:
         st.metric("P(pneumonia)", f"{d.probability:.1%}")
         site = ui.site_profile(d.model)
         st.markdown(f"Label: {ui.label_badge(label)} at threshold {thresholds[d.model]:.3f}"
-                    + (f" (site '{site.site}')" if site is not None and thresholds[d.model] == round(site.threshold, 3)
+                    + (f" (site '{site.site}')" if site is not None and thresholds[d.model] == site.threshold
                        else ""), unsafe_allow_html=True)
         if is_borderline(d.probability, thresholds[d.model]):
             st.caption(BORDERLINE_NOTE.format(margin=BORDERLINE))
@@ -261,9 +261,9 @@ def report(fmt: str) -> bytes:  # made when clicked
     source = read[keys[shown]].original
     def origin(n: str) -> str:
         site = ui.site_profile(n)
-        if site is not None and thresholds[n] == round(site.threshold, 3):
+        if site is not None and thresholds[n] == site.threshold:
             return f"site '{site.site}'"
-        return "card" if thresholds[n] == round(ui.card(n).decision_threshold, 3) else "set on screen"
+        return "card" if thresholds[n] == ui.card(n).decision_threshold else "set on screen"
 
     models = [ReportModel(n, thresholds[n], ui.card(n).weights_sha256, origin(n)) for n in [r[2].model for r in rows]]
     return case_report(source if source is not None else rows[0][1], reading, models, rows[0][2].model, target,

@@ -17,14 +17,14 @@ df, card = ui.predictions(name), ui.card(name)
 if df is None:
     st.warning(f"No test predictions for '{name}'. Run `python -m core.evaluate --model {name}`.")
     st.stop()
-threshold = st.slider("Decision threshold", 0.0, 1.0, round(card.decision_threshold, 3), 0.001, format="%.3f",
-                      key=f"mc_threshold_{name}",
-                      help="Starts at the card threshold (chosen on validation data); changes apply to this view only.")
+threshold = ui.threshold_slider("Decision threshold", card.decision_threshold, f"mc_threshold_{name}",
+                                help="Starts at the card threshold (chosen on validation data); changes apply to this "
+                                     "view only.")
 others = ui.all_predictions()
 twins = ui.identical_test_images()
 fp = df[(df.y == 0) & (df.probability >= threshold)].sort_values("probability", ascending=False)
 fn = df[(df.y == 1) & (df.probability < threshold)].sort_values("probability", ascending=True)
-at = "its card threshold" if threshold == round(card.decision_threshold, 3) else "the threshold"
+at = "its card threshold" if threshold == card.decision_threshold else "the threshold"
 st.markdown(f"At {at} **{threshold:.3f}**, `{name}` gets **{len(fp)} false positives** and "
             f"**{len(fn)} false negatives** out of {len(df)} test images.")
 show_cam = st.toggle("Show Grad-CAM overlay", value=True, key="mc_cam")

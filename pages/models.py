@@ -54,6 +54,13 @@ def consistency_text(record: dict) -> str:
     return (f"{record['penalty']}; λ = {record['lambda']:g}, {record['rule']}. Validation ROC AUC by λ: {grid}")
 
 
+def pairs_text(weight: float) -> str:
+    """v25: a fine-tuning stage trained on pairs of views of each image (``consistency_weight`` in the card's config)."""
+    return (f"trained on two views of each image, each re-encoded on its own and both augmented alike; the loss adds "
+            f"λ × the mean squared gap between their logits, λ = {weight:g}, fixed before training (docs/lungs.md §23); "
+            "no head dropout in that stage, so that the gap is the encoding's")
+
+
 def augmentation_text(cfg: dict) -> str:
     if not cfg["augment"]:
         return "off"
@@ -104,6 +111,8 @@ for tab, name in zip(st.tabs(names), names, strict=False):
     mix_rows = f"| Weight average | {soup_text(card.soup)} |\n" if averaged else ""
     mix_rows += f"| Mixed with its start | {wise_text(card.wise_ft)} |\n" if card.wise_ft else ""
     mix_rows += f"| Same answer under re-encoding | {consistency_text(card.consistency)} |\n" if card.consistency else ""
+    if cfg.get("consistency_weight"):
+        mix_rows += f"| Same answer under re-encoding | {pairs_text(cfg['consistency_weight'])} |\n"
     with tab:
         left, right = st.columns([3, 2])
         with left:
@@ -154,7 +163,10 @@ for tab, name in zip(st.tabs(names), names, strict=False):
         if hist is not None and len(hist):
             runs = list(hist.groupby("member_seed")) if "member_seed" in hist else [(None, hist)]
             cols = st.columns(2)
-            for col, metric, title in [(cols[0], "loss", "Loss (BCE with label smoothing)"), (cols[1], "auc", "ROC AUC")]:
+            # a recipe trained on pairs of views (v25) adds the gap between their logits to its training loss
+            loss_title = ("Loss (BCE with label smoothing + the weighted logit gap between two encodings)"
+                          if "consistency_loss" in hist else "Loss (BCE with label smoothing)")
+            for col, metric, title in [(cols[0], "loss", loss_title), (cols[1], "auc", "ROC AUC")]:
                 if metric not in hist:
                     continue
                 # one colour per run, dotted = training, solid = validation; the legend below the plot has room for all

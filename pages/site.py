@@ -33,8 +33,8 @@ st.info("**What a profile can and cannot do.** It moves the decision threshold o
         "good as your labels and as stable as your number of images allow (see the intervals). For reference, on the "
         "official test set, choosing the threshold (Youden's J) on one patient-disjoint half and scoring the other "
         "half (20 random halvings, `core.site.split_half_accuracy`) gave the fine-tuned model accuracy 0.815–0.853 "
-        "(mean 0.838) against 0.833 at its validation threshold, and `lungfocus` 0.829–0.893 (mean 0.870) against "
-        "0.881 at its own: a threshold chosen on about 300 of a site's images can gain or lose a few points, and "
+        "(mean 0.838) against 0.833 at its validation threshold, and `lungfocus` 0.845–0.899 (mean 0.884) against "
+        "0.867 at its own: a threshold chosen on about 300 of a site's images can gain or lose a few points, and "
         "is worth having where the site's images truly differ from the training hospital's.",
         icon=":material/info:")
 

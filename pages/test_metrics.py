@@ -23,8 +23,7 @@ if df is None or report is None:
 
 st.caption(f"Official test split: {len(df)} images ({int(df.y.sum())} pneumonia, {int((1 - df.y).sum())} normal). "
            f"Card threshold {card.decision_threshold:.3f}, chosen to {card.threshold_rule}.")
-threshold = st.slider("Decision threshold on P(pneumonia)", 0.0, 1.0, round(card.decision_threshold, 3), 0.001,
-                      format="%.3f", key=f"tm_threshold_{name}")
+threshold = ui.threshold_slider("Decision threshold on P(pneumonia)", card.decision_threshold, f"tm_threshold_{name}")
 m = metrics_at(df.y, df.probability, threshold)
 cm = m["confusion_matrix"]
 cols = st.columns(5)

@@ -61,9 +61,17 @@ def test_models_page_states_each_models_preprocessing_and_augmentation(shipped_m
             # how α was chosen is the card's word (v13: by validation ROC AUC), never a claim the page makes for all
             assert wise.get("alpha_choice", "fixed in the recipe before training") in table, name
         # v14: the penalty on the answer's change under re-encoding, its lambda and the grid it was chosen from
-        assert ("| Same answer under re-encoding |" in table) == bool(card.consistency), name
+        assert ("| Same answer under re-encoding |" in table) == bool(card.consistency or card.config.get(
+            "consistency_weight")), name
+        # v25: a fine-tuning stage on pairs of views, with its weight
+        if card.config.get("consistency_weight"):
+            assert f"λ = {card.config['consistency_weight']:g}, fixed before training" in table, name
         if card.consistency:
             assert f"λ = {card.consistency['lambda']:g}, the largest lambda" in table, name
+    # the loss curve says when it holds more than the BCE (the pairs' gap, v25)
+    titles = [c.proto.spec for c in at.get("plotly_chart") if "Loss (BCE" in c.proto.spec]
+    pairs = [name for name in shipped_models if load_card(name).config.get("consistency_weight")]
+    assert sum("logit gap between two encodings" in t for t in titles) == len(pairs)
 
 
 def _assert_diagnosed(at, n_models):
@@ -280,18 +288,22 @@ def test_compare_scores_its_images_once_while_they_stay(shipped_models, data_dir
 
 
 def test_misclassified_counts_match_the_predictions(shipped_models):
-    from core.registry import load_card
+    from core.registry import load_card, load_metrics
     from pages._ui import predictions
 
     at = _app("pages/misclassified.py")
     name = at.selectbox(key="mc_model").value
     df = predictions(name)
+    card = load_card(name)
     slider = at.slider(key=f"mc_threshold_{name}")
-    assert slider.value == pytest.approx(round(load_card(name).decision_threshold, 3))
-    for threshold in (slider.value, 0.2, 0.9):
-        at.slider(key=f"mc_threshold_{name}").set_value(threshold).run()
+    assert slider.value == pytest.approx(round(card.decision_threshold, 3))
+    # at its start the slider stands for the card's exact threshold, so the counts are metrics.json's
+    cm = load_metrics(name)["at_card_threshold"]["confusion_matrix"]
+    for shown, threshold in ((slider.value, card.decision_threshold), (0.2, 0.2), (0.9, 0.9)):
+        at.slider(key=f"mc_threshold_{name}").set_value(shown).run()
         fp = int(((df.y == 0) & (df.probability >= threshold)).sum())
         fn = int(((df.y == 1) & (df.probability < threshold)).sum())
+        assert (fp, fn) == (cm["fp"], cm["fn"]) or threshold != card.decision_threshold
         text = " ".join(m.value for m in at.markdown)
         assert not at.exception and f"{fp} false positives" in text and f"{fn} false negatives" in text
 

@@ -28,7 +28,7 @@ def test_a_two_stage_lung_focused_recipe_is_timed_from_the_shipped_model(tmp_pat
     assert len(result["epoch_s"]) == 2 and all(s > 0 for s in result["epoch_s"])
     assert result["ms_per_step"] == [1000 * s for s in result["epoch_s"]]
     assert result["augmentation_layers"] and result["augmentation_ms_per_batch"] > 0
-    assert result["step_ms_fixed_batch"] > 0
+    assert result["step_ms_fixed_batch"] > 0  # v25's recipe: its pair trainer's step, two views
     assert result["backend"] == "tensorflow"
     assert os.environ["PNEUMONIA_CACHE"] == "kept" and "PNEUMONIA_MASKS_DIR" not in os.environ  # given back
 
@@ -56,3 +56,19 @@ def test_a_two_stage_recipe_without_a_shipped_stand_in_is_refused_with_a_reason(
     with pytest.raises(SystemExit):
         main(["--recipe", "lungfocus", "--per-class", "10", "--models-dir", str(tmp_path)])
     assert "no model 'lungfocus'" in capsys.readouterr().err
+
+
+def test_a_recipe_on_pairs_of_views_times_its_pair_trainer(monkeypatch):
+    from core import train_timing
+    from core.config import get_recipe
+    from core.models import build_model
+
+    calls = []
+    real = train_timing.pair_trainer
+    monkeypatch.setattr(train_timing, "pair_trainer", lambda model, spec: calls.append(spec) or real(model, spec))
+    pairs = get_recipe("baseline").with_overrides(input_size=(64, 64), batch_size=4, consistency_weight=1.0, dropout=0.0)
+    assert train_timing.time_step(build_model("baseline", None, (64, 64), dropout=0.0), pairs, repeats=1) > 0
+    assert len(calls) == 1 and calls[0].size == (64, 64)
+    plain = pairs.with_overrides(consistency_weight=0.0)
+    assert train_timing.time_step(build_model("baseline", None, (64, 64), dropout=0.0), plain, repeats=1) > 0
+    assert len(calls) == 1

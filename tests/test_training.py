@@ -89,7 +89,7 @@ def test_recipes_are_complete():
     assert set(RECIPES) == {"baseline", "transfer", "transfer_v1", "transfer_v11", "transfer_v14", "transfer_v15",
                             "transfer_v17", "finetuned", "finetuned_v13", "finetuned_v6", "lungfocus_v8_head", "lungfocus_v8", "lungfocus",
                             "lungfocus_ft", "baseline_v11", "lungfocus_v9", "transfer_v16", "finetuned_v17",
-                            "lungfocus_v20", "lungfocus_v22"}
+                            "lungfocus_v20", "lungfocus_v22", "lungfocus_v23"}
     # v19 (section 15): 'baseline' on the sigma-3 low-pass, v11's kept; its notes say sigma 3 and no equalisation
     bl = RECIPES["baseline"]
     assert bl.blur_sigma == 3.0 and replace(bl, name="baseline_v11", blur_sigma=2.0, notes=[]) == \
@@ -114,11 +114,16 @@ def test_recipes_are_complete():
                    for n in ft.notes + RECIPES["transfer_v17"].notes)
     assert not RECIPES["lungfocus"].consistency_grid
     # v23 (section 19): v10's fine-tuning recipe on v22's input, from v22's frozen-head recipe, kept as its stage 1
-    lf23, lf22 = RECIPES["lungfocus"], RECIPES["lungfocus_v22"]
+    lf23, lf22 = RECIPES["lungfocus_v23"], RECIPES["lungfocus_v22"]
     assert lf23.init_from == "lungfocus_v22" and lf23.kind == "lungpool" and lf23.trainable_top_layers == 41
     assert replace(lf23, name="lungfocus_ft", init_from="lungfocus_v9", equalize=True, blur_sigma=2.0, notes=[]) == \
         replace(RECIPES["lungfocus_ft"], notes=[])
-    assert lf23.notes[0].startswith("Stage 2 of v22's 'lungfocus'") and lf23.notes[1:] == lf22.notes[1:-1]
+    assert lf23.notes[0].startswith("Stage 2 of v22's 'lungfocus'") and lf23.notes[1:-1] == lf22.notes[1:-1]
+    # v25 (section 23): v23's with its stage 2 on pairs of views (lambda 1) and no head dropout; v23 kept
+    lf25 = RECIPES["lungfocus"]
+    assert (lf25.consistency_weight, lf25.dropout, lf23.consistency_weight, lf23.dropout) == (1.0, 0.0, 0.0, 0.5)
+    assert replace(lf25, name="lungfocus_v23", consistency_weight=0.0, dropout=0.5, notes=[]) == replace(lf23, notes=[])
+    assert lf25.notes[:-1] == lf23.notes[:-1] and lf25.notes[-1].startswith("v25 (docs/lungs.md, section 23)")
     # v22 (section 18): v20's 'lungfocus' on the sigma-4 low-pass; v20 kept, and the notes say sigma 4, not 3
     lf20 = RECIPES["lungfocus_v20"]
     assert replace(lf22, name="lungfocus_v20", blur_sigma=3.0, notes=[]) == replace(lf20, notes=[])
@@ -581,7 +586,7 @@ def test_pairs_are_two_views_of_each_image_stacked_along_the_channels():
 
 
 def test_a_consistency_run_trains_on_pairs_resumes_and_ships_the_model_alone(tmp_path, monkeypatch, capsys):
-    """v25 on tiny data: stage 2 of 'lungfocus' with a consistency weight and no dropout trains on pairs, records
+    """v25 on tiny data: stage 2 of 'lungfocus' (a consistency weight, no dropout since v25) trains on pairs, records
     the gap's loss per epoch (0 on validation, where the views are one copy twice), resumes from its saved pair
     trainer, and ships the model without the trainer's layers."""
     import keras
@@ -594,14 +599,13 @@ def test_a_consistency_run_trains_on_pairs_resumes_and_ships_the_model_alone(tmp
     data = tiny_dataset(tmp_path / "chest_xray", n=8)
     out = tmp_path / "models"
     with pytest.raises(SystemExit):
-        main(["lungfocus", "--consistency-weight", "1", "--out", str(out), "--data-dir", str(data)])
+        main(["lungfocus_v23", "--consistency-weight", "1", "--out", str(out), "--data-dir", str(data)])
     assert "--dropout 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["lungfocus_v22", "--consistency-weight", "1", "--dropout", "0", "--out", str(out)])
     assert "train their backbone" in capsys.readouterr().err
     train(get_recipe("lungfocus_v22").with_overrides(epochs=1, batch_size=8, val_fraction=0.25), data, out_root=out)
-    recipe = get_recipe("lungfocus").with_overrides(epochs=1, batch_size=8, val_fraction=0.25, consistency_weight=1.0,
-                                                    dropout=0.0)
+    recipe = get_recipe("lungfocus").with_overrides(epochs=1, batch_size=8, val_fraction=0.25)  # v25: pairs, no dropout
     train(recipe, data, out_root=out)
     train(recipe.with_overrides(epochs=2), data, out_root=out)  # resumes from the saved pair trainer
     card = load_card("lungfocus", out)
@@ -614,4 +618,4 @@ def test_a_consistency_run_trains_on_pairs_resumes_and_ships_the_model_alone(tmp
     model = load_keras_model("lungfocus", out)
     assert model.input_shape == (None, 224, 224, 3) and model.get_layer("head_dropout").rate == 0.0
     assert not any(isinstance(layer, keras.layers.Layer) and layer.name in ("views", "consistency") for layer in model.layers)
-    assert "consistency_weight" not in get_recipe("lungfocus").to_dict()  # recipes without it keep their settings
+    assert "consistency_weight" not in get_recipe("lungfocus_v23").to_dict()  # recipes without it keep their settings
