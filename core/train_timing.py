@@ -16,6 +16,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -33,7 +34,7 @@ from core.registry import models_dir
 from core.runtime import hardware
 from core.training import train
 
-__all__ = ["synthetic_dataset", "time_augmentation", "time_step", "time_training", "main"]
+__all__ = ["synthetic_dataset", "time_augmentation", "time_step", "stand_in_for", "time_training", "main"]
 
 
 def synthetic_dataset(root: Path, per_class: int, size: int = 224, seed: int = 0) -> tuple[Path, Path]:
@@ -106,6 +107,22 @@ def time_step(model: keras.Model, recipe, repeats: int = 5) -> float:
     return (time.perf_counter() - start) / repeats * 1000
 
 
+def stand_in_for(name: str, start: str, models: Path) -> Path:
+    """The model folder whose weights stand in for the stage 1 (``start``) of recipe ``name``: ``models/<name>``, or for
+    a kept recipe (``lungfocus_v23``) the model of its current name (``models/lungfocus``), of the same build. Only the
+    time of a step is measured, so any weights of that build do.
+
+    Raises:
+        ValueError: Neither is there.
+    """
+    names = [name] + ([name.rsplit("_v", 1)[0]] if re.fullmatch(r".+_v\d+", name) else [])
+    for candidate in names:
+        if (models / candidate / "model.keras").exists():
+            return models / candidate
+    raise ValueError(f"'{name}' starts from '{start}': no model {' or '.join(repr(n) for n in names)} in {models} "
+                     "to stand in for it (--models-dir).")
+
+
 def time_training(name: str, per_class: int, epochs: int, work: Path, models: Path | None = None,
                   augment: bool = True) -> dict:
     """Train recipe ``name`` (one run: no soup, no WiSE-FT; without its augmentation layers unless ``augment``) for
@@ -134,11 +151,7 @@ def _time_training(name: str, per_class: int, epochs: int, work: Path, models: P
     out = work / "out"
     out.mkdir(parents=True, exist_ok=True)
     if recipe.init_from:  # the shipped model of this name stands in for its stage 1
-        stand_in = Path(models or models_dir()) / name
-        if not (stand_in / "model.keras").exists():
-            raise ValueError(f"'{name}' starts from '{recipe.init_from}': no model '{name}' in {stand_in.parent} "
-                             "to stand in for it (--models-dir).")
-        shutil.copytree(stand_in, out / recipe.init_from)
+        shutil.copytree(stand_in_for(name, recipe.init_from, Path(models or models_dir())), out / recipe.init_from)
     started = time.time()
     folder = train(recipe, data, out_root=out, fresh=True)
     trained_s = time.time() - started

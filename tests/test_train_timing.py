@@ -72,3 +72,19 @@ def test_a_recipe_on_pairs_of_views_times_its_pair_trainer(monkeypatch):
     plain = pairs.with_overrides(consistency_weight=0.0)
     assert train_timing.time_step(build_model("baseline", None, (64, 64), dropout=0.0), plain, repeats=1) > 0
     assert len(calls) == 1
+
+
+def test_a_kept_recipe_is_timed_from_the_model_of_its_current_name(tmp_path):
+    """'lungfocus_v23' (kept when v25 replaced it) has no model of its own: the shipped 'lungfocus', of the same build,
+    stands in for its stage 1; a name without a version does not fall back."""
+    from core.train_timing import stand_in_for
+
+    (tmp_path / "lungfocus").mkdir()
+    (tmp_path / "lungfocus" / "model.keras").write_bytes(b"")
+    assert stand_in_for("lungfocus_v23", "lungfocus_v22", tmp_path) == tmp_path / "lungfocus"
+    assert stand_in_for("lungfocus", "lungfocus_v22", tmp_path) == tmp_path / "lungfocus"
+    with pytest.raises(ValueError, match="no model 'finetuned' in"):
+        stand_in_for("finetuned", "transfer", tmp_path)
+    (tmp_path / "lungfocus_v23").mkdir()
+    (tmp_path / "lungfocus_v23" / "model.keras").write_bytes(b"")
+    assert stand_in_for("lungfocus_v23", "lungfocus_v22", tmp_path) == tmp_path / "lungfocus_v23"  # its own first
