@@ -67,7 +67,7 @@ class Recipe:
     # trained per lambda and the largest whose validation ROC AUC is within 0.002 of lambda 0's is kept
     consistency_grid: tuple[float, ...] = ()
     # stage 2 on images (v25, docs/lungs.md §23): > 0 trains on pairs of independently re-encoded views of each image,
-    # augmented alike, and adds this weight x the mean squared logit gap between them (dropout off for the gap)
+    # augmented alike, and adds this weight x the mean squared logit gap between them (the recipe's dropout must be 0)
     consistency_weight: float = 0.0
     threshold_rule: str = "youden"  # maximise sensitivity + specificity - 1 on validation
     notes: list[str] = field(default_factory=list)
