@@ -67,28 +67,19 @@ class Batches(keras.utils.PyDataset):
         gray = self.gray[idx]
         # one generator per (seed, epoch, batch): the same draws whichever worker thread makes the batch
         rng = np.random.default_rng((self._seed, self._epoch, i))
-        if self.pairs:
-            return self._pair(gray, rng, idx)
-        if self.encoding:
-            gray = np.stack([encoding_path(g, rng) for g in gray])
-        x = to_model_input(gray, self.spec, *self._lungs(idx, rng))
+        # with pairs, two views of each image, each re-encoded on its own (the image twice without the encoding),
+        # stacked along the channels; one lung margin per image for both
+        views = [np.stack([encoding_path(g, rng) for g in gray]) if self.encoding else gray
+                 for _ in range(2 if self.pairs else 1)]
+        lungs = self._lungs(idx, rng)
+        inputs = [to_model_input(v, self.spec, *lungs) for v in views]
+        x = inputs[0] if len(inputs) == 1 else np.concatenate(inputs, axis=-1)
         y = self.labels[idx][:, None]
-        if self.weights is None:
-            return x, y
-        return x, y, self.weights[self.labels[idx].astype(int)]
-
-    def _pair(self, gray, rng, idx):
-        """Two views of each image, each re-encoded on its own (with ``encoding``; else the image twice), stacked
-        along the channels; targets and weights per output of :func:`core.models.pair_trainer` (the consistency
-        target is a gap of 0, unweighted)."""
-        views = [np.stack([encoding_path(g, rng) for g in gray]) if self.encoding else gray for _ in range(2)]
-        lungs = self._lungs(idx, rng)  # one lung margin per image, for both views
-        x = np.concatenate([to_model_input(v, self.spec, *lungs) for v in views], axis=-1)
-        y = {"prediction": self.labels[idx][:, None], "consistency": np.zeros((len(idx), 1), np.float32)}
-        if self.weights is None:
-            return x, y
-        return x, y, {"prediction": self.weights[self.labels[idx].astype(int)],
-                      "consistency": np.ones(len(idx), np.float32)}
+        w = None if self.weights is None else self.weights[self.labels[idx].astype(int)]
+        if self.pairs:  # targets and weights per output of core.models.pair_trainer: a gap of 0, unweighted
+            y = {"prediction": y, "consistency": np.zeros_like(y)}
+            w = None if w is None else {"prediction": w, "consistency": np.ones(len(idx), np.float32)}
+        return (x, y) if w is None else (x, y, w)
 
     def _lungs(self, idx, rng) -> tuple:
         """(masks, margins) for a lung-focused spec; margins drawn per image when jittered."""

@@ -206,17 +206,14 @@ def compile_for(model, recipe: Recipe, pairs: bool = False) -> None:
     """Compile ``model`` as the recipe trains it: Adam at its learning rate, BCE with its label smoothing. With
     ``pairs`` (a :func:`pair_trainer`), the BCE is on its ``prediction`` and the recipe's ``consistency_weight`` x the
     mean squared gap on its ``consistency`` is added."""
-    bce = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
+    loss = keras.losses.BinaryCrossentropy(label_smoothing=recipe.label_smoothing)
     metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
-    if not pairs:
-        model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=bce, metrics=metrics)
-        return
-    model.compile(
-        optimizer=keras.optimizers.Adam(recipe.learning_rate),
-        loss={"prediction": bce, "consistency": keras.losses.MeanSquaredError()},
-        loss_weights={"prediction": 1.0, "consistency": recipe.consistency_weight},
-        metrics={"prediction": metrics},
-    )
+    weights = None
+    if pairs:
+        loss = {"prediction": loss, "consistency": keras.losses.MeanSquaredError()}
+        weights, metrics = {"prediction": 1.0, "consistency": recipe.consistency_weight}, {"prediction": metrics}
+    model.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss=loss, loss_weights=weights,
+                  metrics=metrics)
 
 
 def pair_trainer(inner: keras.Model, spec: InputSpec, augment: keras.Layer | None = None) -> keras.Model:
